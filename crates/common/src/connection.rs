@@ -1,0 +1,511 @@
+//! Connecting to NATS the same way in every binary.
+//!
+//! [`ConnectArgs`] holds the flags of the `nats` CLI that every step accepts (`--server`,
+//! `--user`, `--token`, `--creds`, TLS files, ...) and each binary flattens it into its own
+//! clap struct. [`ConnectArgs::connect`] fails with one line that names the server (with
+//! any credentials masked), the cause, and what to do about it. Once connected, the client
+//! reconnects by itself, and the events it reports are logged here.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
+
+use crate::duration::parse_duration;
+use crate::logging::scrub;
+
+/// Server used when neither `--server` nor `NATS_URL` is given.
+pub const DEFAULT_SERVER: &str = "nats://localhost:4222";
+
+/// What to run when no server is listening, named in the connection error.
+const START_SERVER_HINT: &str = "start one with `scripts/nats-server.sh` or `docker compose up -d`, or point --server / NATS_URL at a running server";
+
+/// Shortest gap between two slow-consumer warnings; the ones in between are only counted.
+const SLOW_CONSUMER_WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A password or token: never shown by `Debug`, `Display` or `--help`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself, for handing to the NATS client and nothing else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// How to reach and authenticate with the NATS server; the same flags in every binary.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ConnectArgs {
+    /// NATS server URL, or a comma-separated list of a cluster's seed servers.
+    #[arg(
+        short = 's',
+        long = "server",
+        env = "NATS_URL",
+        default_value = DEFAULT_SERVER,
+        value_delimiter = ',',
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub servers: Vec<String>,
+
+    /// Connection name, shown by the server's monitoring and by `queue_monitor`
+    /// [default: <binary>-<id>].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// User name for user and password authentication.
+    #[arg(long, env = "NATS_USER", requires = "password", value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Password for user and password authentication.
+    #[arg(
+        long,
+        env = "NATS_PASSWORD",
+        requires = "user",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub password: Option<Secret>,
+
+    /// Token for token authentication.
+    #[arg(long, env = "NATS_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    pub token: Option<Secret>,
+
+    /// Credentials file (a JWT and an NKey seed), as made by `nsc`.
+    #[arg(long, env = "NATS_CREDS", value_name = "FILE")]
+    pub creds: Option<PathBuf>,
+
+    /// File that contains an NKey seed for NKey authentication.
+    #[arg(long, env = "NATS_NKEY", value_name = "FILE")]
+    pub nkey: Option<PathBuf>,
+
+    /// Client certificate (PEM) for TLS client authentication.
+    #[arg(long, requires = "tlskey", value_name = "FILE")]
+    pub tlscert: Option<PathBuf>,
+
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, requires = "tlscert", value_name = "FILE")]
+    pub tlskey: Option<PathBuf>,
+
+    /// CA certificate (PEM) that signed the server's certificate; turns TLS on.
+    #[arg(long, value_name = "FILE")]
+    pub tlsca: Option<PathBuf>,
+
+    /// How long to wait for each server when connecting (seconds, or 500ms, 2s, 1m).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+}
+
+/// Options of one connection that differ between binaries.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Connection name used when `--name` is not given, such as `worker-1`.
+    pub default_name: String,
+
+    /// Messages buffered per subscription before the client drops them as a slow consumer.
+    /// `None` keeps the async-nats default.
+    pub subscription_capacity: Option<usize>,
+}
+
+impl ClientSettings {
+    /// Settings with the given default connection name and nothing else changed.
+    pub fn named(default_name: impl Into<String>) -> Self {
+        Self {
+            default_name: default_name.into(),
+            subscription_capacity: None,
+        }
+    }
+}
+
+impl ConnectArgs {
+    /// The connection name: `--name`, or else `default_name`.
+    pub fn name_or(&self, default_name: &str) -> String {
+        self.name.clone().unwrap_or_else(|| default_name.to_owned())
+    }
+
+    /// The servers as they may be shown: credentials in URLs replaced by `***`.
+    pub fn servers_display(&self) -> String {
+        self.servers
+            .iter()
+            .map(|url| redact_url(url.trim()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Every secret these options carry, for the logging filter to hide.
+    pub fn secrets(&self) -> Vec<String> {
+        let mut secrets: Vec<String> = self
+            .servers
+            .iter()
+            .filter_map(|url| url_secret(url))
+            .collect();
+        secrets.extend(self.password.iter().map(|s| s.expose().to_owned()));
+        secrets.extend(self.token.iter().map(|s| s.expose().to_owned()));
+        secrets
+    }
+
+    /// Connects, or fails with one line that names the server, the cause and the fix.
+    ///
+    /// Each server gets `--connect-timeout`; a failure at this stage is final, because a
+    /// learner is better served by an error than by a program that waits in silence. Once
+    /// connected the client reconnects by itself and keeps its subscriptions.
+    pub async fn connect(&self, settings: &ClientSettings) -> anyhow::Result<(Client, Events)> {
+        let servers = self.server_addrs()?;
+        let events = Events::default();
+        let options = self.options(settings, &events).await?;
+
+        let attempt = options.connect(servers.clone());
+        // async-nats bounds each server's attempt; this bounds the whole list as well.
+        let whole_list = self.connect_timeout * u32::try_from(servers.len()).unwrap_or(u32::MAX)
+            + Duration::from_secs(1);
+        let client = match tokio::time::timeout(whole_list, attempt).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(error)) => return Err(anyhow!(self.describe_failure(&error))),
+            Err(_) => {
+                return Err(anyhow!(
+                    "cannot connect to {}: timed out after {:.1}s; {START_SERVER_HINT}",
+                    self.servers_display(),
+                    whole_list.as_secs_f64()
+                ));
+            }
+        };
+
+        // Only now can the event handler name the server after a reconnect.
+        let _ = events.inner.client.set(client.clone());
+        tracing::info!(
+            server = %connected_server(&client),
+            name = %self.name_or(&settings.default_name),
+            "connected"
+        );
+        Ok((client, events))
+    }
+
+    fn server_addrs(&self) -> anyhow::Result<Vec<ServerAddr>> {
+        let mut addrs = Vec::with_capacity(self.servers.len());
+        for url in &self.servers {
+            let url = url.trim();
+            if url.is_empty() {
+                anyhow::bail!(
+                    "invalid --server list {:?}: it has an empty entry; separate URLs with single commas",
+                    self.servers_display()
+                );
+            }
+            let addr = ServerAddr::from_str(url).map_err(|error| {
+                anyhow!(
+                    "invalid server URL {:?}: {}; expected nats://host:port",
+                    redact_url(url),
+                    scrub(&error.to_string(), &self.secrets())
+                )
+            })?;
+            addrs.push(addr);
+        }
+        Ok(addrs)
+    }
+
+    async fn options(
+        &self,
+        settings: &ClientSettings,
+        events: &Events,
+    ) -> anyhow::Result<ConnectOptions> {
+        let mut options = ConnectOptions::new()
+            .name(self.name_or(&settings.default_name))
+            .connection_timeout(self.connect_timeout);
+
+        if let Some(capacity) = settings.subscription_capacity {
+            options = options.subscription_capacity(capacity);
+        }
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            options = options.user_and_password(user.clone(), password.expose().to_owned());
+        }
+        if let Some(token) = &self.token {
+            options = options.token(token.expose().to_owned());
+        }
+        if let Some(path) = &self.creds {
+            options = options.credentials_file(path).await.with_context(|| {
+                format!(
+                    "cannot read credentials file {}; check the --creds path",
+                    path.display()
+                )
+            })?;
+        }
+        if let Some(path) = &self.nkey {
+            let seed = std::fs::read_to_string(path).with_context(|| {
+                format!(
+                    "cannot read NKey seed file {}; check the --nkey path",
+                    path.display()
+                )
+            })?;
+            options = options.nkey(seed.trim().to_owned());
+        }
+        if let Some(ca) = &self.tlsca {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&self.tlscert, &self.tlskey) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+
+        let handler = events.clone();
+        Ok(options.event_callback(move |event| {
+            let handler = handler.clone();
+            async move { handler.record(event) }
+        }))
+    }
+
+    fn describe_failure(&self, error: &async_nats::ConnectError) -> String {
+        let servers = self.servers_display();
+        let cause = scrub(&error_chain(error), &self.secrets());
+        let hint = match error.kind() {
+            ConnectErrorKind::AuthorizationViolation => {
+                "the server rejected the credentials; check --user and --password, --token, --creds or --nkey".to_owned()
+            }
+            ConnectErrorKind::Authentication => {
+                "signing the server's challenge failed; check that --creds or --nkey names a valid file".to_owned()
+            }
+            ConnectErrorKind::Tls => {
+                "check --tlsca (the CA that signed the server's certificate), --tlscert and --tlskey, and that the server has TLS on".to_owned()
+            }
+            ConnectErrorKind::ServerParse => "expected nats://host:port".to_owned(),
+            ConnectErrorKind::Dns => "check the host name in --server".to_owned(),
+            ConnectErrorKind::TimedOut
+            | ConnectErrorKind::Io
+            | ConnectErrorKind::MaxReconnects => START_SERVER_HINT.to_owned(),
+        };
+        format!("cannot connect to {servers}: {cause}; {hint}")
+    }
+}
+
+/// The error and each of its sources on one line, without repeats.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The server a client is connected to, as `host:port`, or its name when it has one.
+pub fn connected_server(client: &Client) -> String {
+    let info = client.server_info();
+    // An unnamed server reports its id as its name; that long key adds nothing here.
+    if info.server_name.is_empty() || info.server_name == info.server_id {
+        format!("{}:{}", info.host, info.port)
+    } else {
+        format!("{}:{} ({})", info.host, info.port, info.server_name)
+    }
+}
+
+/// Shows a server URL with its credentials replaced by `***`.
+///
+/// `nats://alice:pw@host:4222` becomes `nats://alice:***@host:4222`, and a token URL
+/// `nats://tok@host:4222` becomes `nats://***@host:4222`.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(at) => url.split_at(at + 3),
+        None => ("", url),
+    };
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_len].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let masked = match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}{masked}{}", &rest[at..])
+}
+
+/// The password or token inside a server URL, if it has one.
+fn url_secret(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _host) = authority.rsplit_once('@')?;
+    let secret = userinfo.split_once(':').map_or(userinfo, |(_, pw)| pw);
+    (!secret.is_empty()).then(|| secret.to_owned())
+}
+
+/// What the client reported after connecting: reconnects and slow-consumer drops.
+///
+/// Each event is logged; slow-consumer events, which come once per dropped message, are
+/// counted and logged at most once per interval, so a flood cannot flood the log.
+#[derive(Debug, Clone, Default)]
+pub struct Events {
+    inner: Arc<EventsInner>,
+}
+
+#[derive(Debug, Default)]
+struct EventsInner {
+    client: OnceLock<Client>,
+    connects: AtomicU64,
+    slow_consumer_events: AtomicU64,
+    last_slow_consumer_warning: Mutex<Option<Instant>>,
+}
+
+impl Events {
+    /// Slow-consumer events seen so far: each is one message that the client dropped.
+    ///
+    /// async-nats sends events through a bounded queue and skips them when it is full,
+    /// so under a long flood this can be lower than the real number of drops.
+    pub fn slow_consumer_events(&self) -> u64 {
+        self.inner.slow_consumer_events.load(Ordering::Relaxed)
+    }
+
+    fn record(&self, event: Event) {
+        match event {
+            Event::Connected => {
+                // The first `Connected` is the initial connect, which `connect` logs itself.
+                let earlier = self.inner.connects.fetch_add(1, Ordering::Relaxed);
+                match self.inner.client.get() {
+                    Some(client) if earlier > 0 => {
+                        tracing::info!(server = %connected_server(client), "reconnected");
+                    }
+                    _ => {}
+                }
+            }
+            Event::Disconnected => tracing::warn!(
+                "disconnected from the server; reconnecting (subscriptions are restored, messages published meanwhile are lost)"
+            ),
+            Event::LameDuckMode => tracing::warn!(
+                "the server entered lame duck mode and will shut down soon; the client will reconnect to another server"
+            ),
+            Event::SlowConsumer(sid) => self.record_slow_consumer(sid),
+            Event::ServerError(error) => tracing::warn!(%error, "the server reported an error"),
+            Event::ClientError(error) => tracing::warn!(%error, "client error"),
+            Event::Draining | Event::Closed => tracing::debug!(%event, "connection event"),
+        }
+    }
+
+    fn record_slow_consumer(&self, sid: u64) {
+        let total = self
+            .inner
+            .slow_consumer_events
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+
+        let mut last = self
+            .inner
+            .last_slow_consumer_warning
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let due = last.is_none_or(|at| at.elapsed() >= SLOW_CONSUMER_WARNING_INTERVAL);
+        if due {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                subscription = sid,
+                dropped_so_far = total,
+                "slow consumer: the subscription's buffer is full and the client dropped messages; core NATS will not send them again"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    }
+
+    #[test]
+    fn redact_url_masks_credentials() {
+        assert_eq!(
+            redact_url("nats://alice:s3cret@localhost:4222"),
+            "nats://alice:***@localhost:4222"
+        );
+        assert_eq!(redact_url("nats://tok@host:4222"), "nats://***@host:4222");
+        assert_eq!(redact_url("tls://u:p@h:1/path@x"), "tls://u:***@h:1/path@x");
+        assert_eq!(redact_url("u:p@h:4222"), "u:***@h:4222");
+        assert_eq!(redact_url("nats://localhost:4222"), "nats://localhost:4222");
+    }
+
+    #[test]
+    fn url_secrets_are_found() {
+        assert_eq!(
+            url_secret("nats://alice:s3cret@h:1").as_deref(),
+            Some("s3cret")
+        );
+        assert_eq!(url_secret("nats://tok@h:1").as_deref(), Some("tok"));
+        assert_eq!(url_secret("nats://h:1"), None);
+    }
+
+    #[test]
+    fn secret_is_hidden_in_debug_output() {
+        let cli = Cli::parse_from([
+            "x",
+            "--user",
+            "alice",
+            "--password",
+            "s3cret",
+            "--token",
+            "t0k",
+        ]);
+        let debug = format!("{cli:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(!debug.contains("t0k"), "{debug}");
+        assert_eq!(
+            cli.connect.secrets(),
+            vec!["s3cret".to_owned(), "t0k".to_owned()]
+        );
+    }
+
+    #[test]
+    fn server_list_is_split_on_commas() {
+        let cli = Cli::parse_from(["x", "-s", "nats://a:1,nats://b:2"]);
+        assert_eq!(cli.connect.servers, vec!["nats://a:1", "nats://b:2"]);
+        assert_eq!(cli.connect.server_addrs().expect("valid").len(), 2);
+    }
+
+    #[test]
+    fn empty_server_entry_is_rejected() {
+        let cli = Cli::parse_from(["x", "-s", "nats://a:1,,nats://b:2"]);
+        let error = cli.connect.server_addrs().expect_err("empty entry");
+        assert!(error.to_string().contains("empty entry"), "{error}");
+    }
+
+    #[test]
+    fn password_requires_user() {
+        let error = Cli::try_parse_from(["x", "--password", "pw"]).expect_err("no user");
+        assert!(error.to_string().contains("--user"), "{error}");
+    }
+}

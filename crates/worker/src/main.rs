@@ -1,0 +1,213 @@
+//! Step 1: a worker that joins a queue group, so each task goes to one worker only.
+//!
+//! Run three workers and a publisher, each in its own terminal:
+//!
+//! ```text
+//! cargo run --bin worker -- 1
+//! cargo run --bin worker -- 2
+//! cargo run --bin worker -- 3
+//! cargo run --bin task_publisher
+//! ```
+//!
+//! Each of the 20 tasks is printed by exactly one worker (`[Worker 2] Completed task
+//! TASK-007`), and together the workers complete all of them. Press Ctrl-C in a worker's
+//! terminal: it finishes the tasks already delivered to it, then prints how many it
+//! processed. A second Ctrl-C stops it at once.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_nats::{Message, Subscriber};
+use clap::Parser;
+use common::connection::ClientSettings;
+use common::task::preview;
+use common::{ConnectArgs, Shutdown, Task, names, parse_duration};
+use futures::{FutureExt, StreamExt};
+
+/// Subject the tasks are published on, shared with `task_publisher`.
+const DEFAULT_SUBJECT: &str = "tasks.process";
+/// Queue group every worker joins; the server gives each task to one member.
+const DEFAULT_QUEUE: &str = "processors";
+
+/// A member of a NATS queue group that processes one task at a time.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Worker id, shown in every line and in the default connection name `worker-<ID>`.
+    #[arg(default_value = "1")]
+    id: String,
+
+    /// Subject to receive tasks on.
+    #[arg(long, default_value = DEFAULT_SUBJECT, value_parser = names::subscribe_subject)]
+    subject: String,
+
+    /// Queue group to join; workers with the same group share the tasks.
+    #[arg(long, default_value = DEFAULT_QUEUE, value_parser = names::queue_group)]
+    queue: String,
+
+    /// Simulated work per task (seconds, or 500ms, 2s, 1m).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    work_time: Duration,
+
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let secrets = args.connect.secrets();
+    common::logging::init(env!("CARGO_CRATE_NAME"), secrets.clone());
+
+    match run(args, Shutdown::from_signals()).await {
+        Ok(code) => code,
+        Err(error) => common::logging::report_error(&error, &secrets),
+    }
+}
+
+async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
+    let settings = ClientSettings::named(format!("worker-{}", args.id));
+    let (client, _events) = args.connect.connect(&settings).await?;
+
+    // Members of a queue group subscribe with the same subject and the same group name;
+    // the server then delivers each message to one of them, chosen at random.
+    let mut subscriber = client
+        .queue_subscribe(args.subject.clone(), args.queue.clone())
+        .await
+        .context("cannot subscribe")?;
+    // The flush returns once the server has the subscription, so a publisher started after
+    // the "Waiting" line below cannot publish before this worker is a member.
+    client
+        .flush()
+        .await
+        .context("the server did not confirm the subscription")?;
+
+    let mut worker = Worker {
+        id: args.id,
+        work_time: args.work_time,
+        subject: args.subject,
+        processed: 0,
+        rejected: 0,
+    };
+    println!("[Worker {}] Started", worker.id);
+    println!(
+        "[Worker {}] Joined queue group: '{}'",
+        worker.id, args.queue
+    );
+    println!("[Worker {}] Waiting for tasks...", worker.id);
+    println!();
+
+    let mut draining = false;
+    loop {
+        let next = tokio::select! {
+            // Checked first, so a worker under constant load still notices the request.
+            biased;
+            () = shutdown.drain_requested(), if !draining => {
+                draining = true;
+                // Drain, not drop: the server stops sending, and every message it has
+                // already sent still reaches `next()`. Dropping the subscriber instead
+                // would discard them, and core NATS never delivers a message twice.
+                subscriber.drain().await.context("cannot drain the subscription")?;
+                println!();
+                println!("[Worker {}] Shutting down: finishing the tasks already delivered...", worker.id);
+                continue;
+            }
+            () = shutdown.stop_requested(), if draining => {
+                return Ok(worker.stop_at_once(0, &mut subscriber));
+            }
+            next = subscriber.next() => next,
+        };
+        // The stream ends once a drain has delivered everything, or when the client closes.
+        let Some(message) = next else { break };
+
+        tokio::select! {
+            () = worker.handle(&message) => {}
+            () = shutdown.stop_requested() => {
+                return Ok(worker.stop_at_once(1, &mut subscriber));
+            }
+        }
+    }
+
+    // Sends anything still buffered and closes the connection cleanly.
+    client
+        .drain()
+        .await
+        .context("cannot close the connection")?;
+    worker.print_summary();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Counts and discards the messages the client holds for a subscription but nobody read.
+fn count_buffered(subscriber: &mut Subscriber) -> usize {
+    let mut count = 0;
+    while let Some(Some(_)) = subscriber.next().now_or_never() {
+        count += 1;
+    }
+    count
+}
+
+/// One worker's identity and counts.
+#[derive(Debug)]
+struct Worker {
+    id: String,
+    work_time: Duration,
+    subject: String,
+    /// Tasks completed.
+    processed: u64,
+    /// Messages that were not tasks.
+    rejected: u64,
+}
+
+impl Worker {
+    async fn handle(&mut self, message: &Message) {
+        let task = match Task::from_bytes(&message.payload) {
+            Ok(task) => task,
+            Err(error) => {
+                self.rejected += 1;
+                tracing::warn!(
+                    subject = %message.subject,
+                    size = message.payload.len(),
+                    payload = %preview(&message.payload),
+                    "skipped a message that is not a task: {error}"
+                );
+                return;
+            }
+        };
+
+        println!(
+            "[Worker {}] Processing message #{}",
+            self.id,
+            self.processed + 1
+        );
+        println!("  Task ID: {}", task.task_id);
+        println!("  Timestamp: {}", task.timestamp_text());
+
+        // Stands in for real work, such as resizing an image or sending an email.
+        tokio::time::sleep(self.work_time).await;
+
+        self.processed += 1;
+        println!("[Worker {}] Completed task {}", self.id, task.task_id);
+    }
+
+    /// Gives up the task in progress (`in_progress` is 0 or 1) and every buffered one.
+    fn stop_at_once(&self, in_progress: usize, subscriber: &mut Subscriber) -> ExitCode {
+        let abandoned = in_progress + count_buffered(subscriber);
+        self.print_summary();
+        println!(
+            "[Worker {}] Stopped at once: abandoned {abandoned} delivered task(s); core NATS will not deliver them again",
+            self.id
+        );
+        ExitCode::FAILURE
+    }
+
+    fn print_summary(&self) {
+        println!("[Worker {}] Processed {} messages", self.id, self.processed);
+        if self.rejected > 0 {
+            println!(
+                "[Worker {}] Rejected {} message(s) on {} that were not tasks",
+                self.id, self.rejected, self.subject
+            );
+        }
+    }
+}

@@ -82,7 +82,13 @@ pub struct ConnectArgs {
     pub name: Option<String>,
 
     /// User name for user and password authentication.
-    #[arg(long, env = "NATS_USER", requires = "password", value_name = "USER")]
+    #[arg(
+        long,
+        env = "NATS_USER",
+        requires = "password",
+        hide_env_values = true,
+        value_name = "USER"
+    )]
     pub user: Option<String>,
 
     /// Password for user and password authentication.
@@ -100,11 +106,11 @@ pub struct ConnectArgs {
     pub token: Option<Secret>,
 
     /// Credentials file (a JWT and an NKey seed), as made by `nsc`.
-    #[arg(long, env = "NATS_CREDS", value_name = "FILE")]
+    #[arg(long, env = "NATS_CREDS", hide_env_values = true, value_name = "FILE")]
     pub creds: Option<PathBuf>,
 
     /// File that contains an NKey seed for NKey authentication.
-    #[arg(long, env = "NATS_NKEY", value_name = "FILE")]
+    #[arg(long, env = "NATS_NKEY", hide_env_values = true, value_name = "FILE")]
     pub nkey: Option<PathBuf>,
 
     /// Client certificate (PEM) for TLS client authentication.

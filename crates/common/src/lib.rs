@@ -7,6 +7,8 @@
 //! - [`connection`]: the `--server`, auth and TLS flags every binary flattens, and
 //!   [`connection::ConnectArgs::connect`], which turns a failure into one line that names
 //!   the URL (credentials masked), the cause and the fix.
+//! - [`consume`]: the message loop of every worker, with a drain on the first stop request
+//!   and an immediate stop, which counts what it abandons, on the second.
 //! - [`task`]: the JSON task message and decoding that says what is wrong with a payload.
 //! - [`names`]: checks of subjects and queue group names, run by clap before connecting.
 //! - [`duration`]: `2.0`, `500ms`, `2s` and `1m` on the command line.
@@ -15,6 +17,7 @@
 //! - [`logging`]: `tracing` on stderr, with secrets scrubbed from every line.
 
 pub mod connection;
+pub mod consume;
 pub mod duration;
 pub mod logging;
 pub mod names;

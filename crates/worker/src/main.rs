@@ -14,16 +14,17 @@
 //! terminal: it finishes the tasks already delivered to it, then prints how many it
 //! processed. A second Ctrl-C stops it at once.
 
+use std::cell::Cell;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use async_nats::{Message, Subscriber};
+use async_nats::Message;
 use clap::Parser;
 use common::connection::ClientSettings;
+use common::consume::{MemberArgs, consume};
 use common::task::preview;
 use common::{ConnectArgs, Shutdown, Task, names, parse_duration};
-use futures::{FutureExt, StreamExt};
 
 /// Subject the tasks are published on, shared with `task_publisher`.
 const DEFAULT_SUBJECT: &str = "tasks.process";
@@ -51,6 +52,9 @@ struct Args {
     work_time: Duration,
 
     #[command(flatten)]
+    member: MemberArgs,
+
+    #[command(flatten)]
     connect: ConnectArgs,
 }
 
@@ -67,12 +71,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
-    let settings = ClientSettings::named(format!("worker-{}", args.id));
+    let settings = ClientSettings {
+        default_name: format!("worker-{}", args.id),
+        subscription_capacity: Some(args.member.capacity),
+    };
     let (client, _events) = args.connect.connect(&settings).await?;
 
     // Members of a queue group subscribe with the same subject and the same group name;
     // the server then delivers each message to one of them, chosen at random.
-    let mut subscriber = client
+    let subscriber = client
         .queue_subscribe(args.subject.clone(), args.queue.clone())
         .await
         .context("cannot subscribe")?;
@@ -83,12 +90,12 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         .await
         .context("the server did not confirm the subscription")?;
 
-    let mut worker = Worker {
+    let worker = Worker {
         id: args.id,
         work_time: args.work_time,
         subject: args.subject,
-        processed: 0,
-        rejected: 0,
+        processed: Cell::new(0),
+        rejected: Cell::new(0),
     };
     println!("[Worker {}] Started", worker.id);
     println!(
@@ -98,53 +105,33 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     println!("[Worker {}] Waiting for tasks...", worker.id);
     println!();
 
-    let mut draining = false;
-    loop {
-        let next = tokio::select! {
-            // Checked first, so a worker under constant load still notices the request.
-            biased;
-            () = shutdown.drain_requested(), if !draining => {
-                draining = true;
-                // Drain, not drop: the server stops sending, and every message it has
-                // already sent still reaches `next()`. Dropping the subscriber instead
-                // would discard them, and core NATS never delivers a message twice.
-                subscriber.drain().await.context("cannot drain the subscription")?;
-                println!();
-                println!("[Worker {}] Shutting down: finishing the tasks already delivered...", worker.id);
-                continue;
-            }
-            () = shutdown.stop_requested(), if draining => {
-                return Ok(worker.stop_at_once(0, &mut subscriber));
-            }
-            next = subscriber.next() => next,
-        };
-        // The stream ends once a drain has delivered everything, or when the client closes.
-        let Some(message) = next else { break };
+    let on_drain = || {
+        println!();
+        println!(
+            "[Worker {}] Shutting down: finishing the tasks already delivered...",
+            worker.id
+        );
+    };
+    let ending = consume(
+        subscriber,
+        &shutdown,
+        args.member.consume_options(1),
+        on_drain,
+        async |message| worker.handle(&message).await,
+    )
+    .await?;
 
-        tokio::select! {
-            () = worker.handle(&message) => {}
-            () = shutdown.stop_requested() => {
-                return Ok(worker.stop_at_once(1, &mut subscriber));
-            }
-        }
+    worker.print_summary();
+    if let Some(line) = ending.abandoned_message() {
+        println!("[Worker {}] {line}", worker.id);
+        return Ok(ExitCode::FAILURE);
     }
-
     // Sends anything still buffered and closes the connection cleanly.
     client
         .drain()
         .await
         .context("cannot close the connection")?;
-    worker.print_summary();
     Ok(ExitCode::SUCCESS)
-}
-
-/// Counts and discards the messages the client holds for a subscription but nobody read.
-fn count_buffered(subscriber: &mut Subscriber) -> usize {
-    let mut count = 0;
-    while let Some(Some(_)) = subscriber.next().now_or_never() {
-        count += 1;
-    }
-    count
 }
 
 /// One worker's identity and counts.
@@ -154,17 +141,17 @@ struct Worker {
     work_time: Duration,
     subject: String,
     /// Tasks completed.
-    processed: u64,
+    processed: Cell<u64>,
     /// Messages that were not tasks.
-    rejected: u64,
+    rejected: Cell<u64>,
 }
 
 impl Worker {
-    async fn handle(&mut self, message: &Message) {
+    async fn handle(&self, message: &Message) {
         let task = match Task::from_bytes(&message.payload) {
             Ok(task) => task,
             Err(error) => {
-                self.rejected += 1;
+                self.rejected.set(self.rejected.get() + 1);
                 tracing::warn!(
                     subject = %message.subject,
                     size = message.payload.len(),
@@ -178,7 +165,7 @@ impl Worker {
         println!(
             "[Worker {}] Processing message #{}",
             self.id,
-            self.processed + 1
+            self.processed.get() + 1
         );
         println!("  Task ID: {}", task.task_id);
         println!("  Timestamp: {}", task.timestamp_text());
@@ -186,27 +173,22 @@ impl Worker {
         // Stands in for real work, such as resizing an image or sending an email.
         tokio::time::sleep(self.work_time).await;
 
-        self.processed += 1;
+        self.processed.set(self.processed.get() + 1);
         println!("[Worker {}] Completed task {}", self.id, task.task_id);
     }
 
-    /// Gives up the task in progress (`in_progress` is 0 or 1) and every buffered one.
-    fn stop_at_once(&self, in_progress: usize, subscriber: &mut Subscriber) -> ExitCode {
-        let abandoned = in_progress + count_buffered(subscriber);
-        self.print_summary();
-        println!(
-            "[Worker {}] Stopped at once: abandoned {abandoned} delivered task(s); core NATS will not deliver them again",
-            self.id
-        );
-        ExitCode::FAILURE
-    }
-
     fn print_summary(&self) {
-        println!("[Worker {}] Processed {} messages", self.id, self.processed);
-        if self.rejected > 0 {
+        println!(
+            "[Worker {}] Processed {} messages",
+            self.id,
+            self.processed.get()
+        );
+        if self.rejected.get() > 0 {
             println!(
                 "[Worker {}] Rejected {} message(s) on {} that were not tasks",
-                self.id, self.rejected, self.subject
+                self.id,
+                self.rejected.get(),
+                self.subject
             );
         }
     }

@@ -11,6 +11,8 @@
 //!   and an immediate stop, which counts what it abandons, on the second.
 //! - [`task`]: the JSON task message and decoding that says what is wrong with a payload.
 //! - [`names`]: checks of subjects and queue group names, run by clap before connecting.
+//! - [`report`]: the completion report a worker publishes per task, so that a publisher
+//!   can tell when its batch is done.
 //! - [`duration`]: `2.0`, `500ms`, `2s` and `1m` on the command line.
 //! - [`shutdown`]: the first Ctrl-C or SIGTERM asks for a drain, a second one for an
 //!   immediate stop.
@@ -21,6 +23,7 @@ pub mod consume;
 pub mod duration;
 pub mod logging;
 pub mod names;
+pub mod report;
 pub mod shutdown;
 pub mod task;
 

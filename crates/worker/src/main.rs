@@ -20,9 +20,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_nats::Message;
+use chrono::Utc;
 use clap::Parser;
 use common::connection::ClientSettings;
 use common::consume::{MemberArgs, consume};
+use common::report::{Completion, Outcome, ReportArgs, Reporter};
 use common::task::preview;
 use common::{ConnectArgs, Shutdown, Task, names, parse_duration};
 
@@ -53,6 +55,9 @@ struct Args {
 
     #[command(flatten)]
     member: MemberArgs,
+
+    #[command(flatten)]
+    reports: ReportArgs,
 
     #[command(flatten)]
     connect: ConnectArgs,
@@ -90,7 +95,9 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         .await
         .context("the server did not confirm the subscription")?;
 
+    let reporter = Reporter::new(client.clone(), args.reports.subject(&args.subject));
     let worker = Worker {
+        reporter,
         id: args.id,
         work_time: args.work_time,
         subject: args.subject,
@@ -137,6 +144,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
 /// One worker's identity and counts.
 #[derive(Debug)]
 struct Worker {
+    reporter: Reporter,
     id: String,
     work_time: Duration,
     subject: String,
@@ -171,10 +179,21 @@ impl Worker {
         println!("  Timestamp: {}", task.timestamp_text());
 
         // Stands in for real work, such as resizing an image or sending an email.
+        let started_at = Utc::now();
         tokio::time::sleep(self.work_time).await;
 
         self.processed.set(self.processed.get() + 1);
         println!("[Worker {}] Completed task {}", self.id, task.task_id);
+        self.reporter
+            .report(&Completion {
+                task_id: task.task_id,
+                worker: self.id.clone(),
+                outcome: Outcome::Completed,
+                attempts: 1,
+                started_at,
+                finished_at: Utc::now(),
+            })
+            .await;
     }
 
     fn print_summary(&self) {

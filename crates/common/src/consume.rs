@@ -113,6 +113,20 @@ impl Default for ConsumeOptions {
     }
 }
 
+/// Messages the client received for its subscriptions but dropped as a slow consumer.
+///
+/// `handed_out` is every message the subscriber yielded: handled, rejected or abandoned.
+/// The client counts each message it reads from the server, and what it read but never
+/// handed out was dropped because the subscription's buffer was full. The figure is exact
+/// for a connection whose only subscription is the one counted.
+pub fn dropped_messages(client: &async_nats::Client, handed_out: u64) -> u64 {
+    client
+        .statistics()
+        .in_messages
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .saturating_sub(handed_out)
+}
+
 /// Hands each message of `subscriber` to `handle` until the subscription ends.
 ///
 /// `on_drain` runs once, when the first stop request has started the drain, so that the

@@ -13,6 +13,8 @@
 //! - [`names`]: checks of subjects and queue group names, run by clap before connecting.
 //! - [`report`]: the completion report a worker publishes per task, so that a publisher
 //!   can tell when its batch is done.
+//! - [`dead_letter`]: the headers a worker puts on a message it gave up on, and the
+//!   subject it sends it to.
 //! - [`duration`]: `2.0`, `500ms`, `2s` and `1m` on the command line.
 //! - [`shutdown`]: the first Ctrl-C or SIGTERM asks for a drain, a second one for an
 //!   immediate stop.
@@ -20,6 +22,7 @@
 
 pub mod connection;
 pub mod consume;
+pub mod dead_letter;
 pub mod duration;
 pub mod logging;
 pub mod names;

@@ -23,7 +23,7 @@ use async_nats::Message;
 use chrono::Utc;
 use clap::Parser;
 use common::connection::ClientSettings;
-use common::consume::{MemberArgs, consume};
+use common::consume::{Ending, MemberArgs, consume, dropped_messages};
 use common::report::{Completion, Outcome, ReportArgs, Reporter};
 use common::task::preview;
 use common::{ConnectArgs, Shutdown, Task, names, parse_duration};
@@ -128,7 +128,12 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    worker.print_summary();
+    let abandoned = match ending {
+        Ending::Stopped { abandoned, .. } => abandoned as u64,
+        Ending::Drained => 0,
+    };
+    let handed_out = worker.processed.get() + worker.rejected.get() + abandoned;
+    worker.print_summary(dropped_messages(&client, handed_out), args.member.capacity);
     if let Some(line) = ending.abandoned_message() {
         println!("[Worker {}] {line}", worker.id);
         return Ok(ExitCode::FAILURE);
@@ -196,7 +201,7 @@ impl Worker {
             .await;
     }
 
-    fn print_summary(&self) {
+    fn print_summary(&self, dropped: u64, capacity: usize) {
         println!(
             "[Worker {}] Processed {} messages",
             self.id,
@@ -208,6 +213,12 @@ impl Worker {
                 self.id,
                 self.rejected.get(),
                 self.subject
+            );
+        }
+        if dropped > 0 {
+            println!(
+                "[Worker {}] Dropped {dropped} message(s) as a slow consumer (buffer of {capacity}); they are lost",
+                self.id
             );
         }
     }

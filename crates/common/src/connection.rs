@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, anyhow};
 use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
 
+use crate::Shutdown;
 use crate::duration::parse_duration;
 use crate::logging::scrub;
 
@@ -25,6 +26,11 @@ pub const DEFAULT_SERVER: &str = "nats://localhost:4222";
 
 /// What to run when no server is listening, named in the connection error.
 const START_SERVER_HINT: &str = "start one with `scripts/nats-server.sh` or `docker compose up -d`, or point --server / NATS_URL at a running server";
+
+/// First pause between two connection attempts with `--wait-for-server`; it doubles up to
+/// [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Shortest gap between two slow-consumer warnings; the ones in between are only counted.
 const SLOW_CONSUMER_WARNING_INTERVAL: Duration = Duration::from_secs(5);
@@ -125,6 +131,10 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "FILE")]
     pub tlsca: Option<PathBuf>,
 
+    /// Keep retrying, with backoff, while no server answers at start instead of failing.
+    #[arg(long)]
+    pub wait_for_server: bool,
+
     /// How long to wait for each server when connecting (seconds, or 500ms, 2s, 1m).
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub connect_timeout: Duration,
@@ -180,27 +190,74 @@ impl ConnectArgs {
 
     /// Connects, or fails with one line that names the server, the cause and the fix.
     ///
-    /// Each server gets `--connect-timeout`; a failure at this stage is final, because a
-    /// learner is better served by an error than by a program that waits in silence. Once
-    /// connected the client reconnects by itself and keeps its subscriptions.
+    /// Each server gets `--connect-timeout`. Without `--wait-for-server` a failure here is
+    /// final, because a learner is better served by an error than by a program that waits
+    /// in silence; with it, an absent server is retried with backoff until it appears.
+    /// Once connected the client reconnects by itself and keeps its subscriptions.
+    ///
+    /// Use [`ConnectArgs::connect_or_stop`] in a program that has taken over Ctrl-C.
     pub async fn connect(&self, settings: &ClientSettings) -> anyhow::Result<(Client, Events)> {
+        self.connect_inner(settings, None).await
+    }
+
+    /// Like [`ConnectArgs::connect`], but gives up when `shutdown` receives a stop request,
+    /// so that Ctrl-C still ends a program that is waiting for its server.
+    pub async fn connect_or_stop(
+        &self,
+        settings: &ClientSettings,
+        shutdown: &Shutdown,
+    ) -> anyhow::Result<(Client, Events)> {
+        self.connect_inner(settings, Some(shutdown)).await
+    }
+
+    async fn connect_inner(
+        &self,
+        settings: &ClientSettings,
+        shutdown: Option<&Shutdown>,
+    ) -> anyhow::Result<(Client, Events)> {
         let servers = self.server_addrs()?;
         let events = Events::default();
-        let options = self.options(settings, &events).await?;
+        let mut retry_delay = FIRST_RETRY_DELAY;
+        let mut attempt = 1u32;
 
-        let attempt = options.connect(servers.clone());
-        // async-nats bounds each server's attempt; this bounds the whole list as well.
-        let whole_list = self.connect_timeout * u32::try_from(servers.len()).unwrap_or(u32::MAX)
-            + Duration::from_secs(1);
-        let client = match tokio::time::timeout(whole_list, attempt).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(error)) => return Err(anyhow!(self.describe_failure(&error))),
-            Err(_) => {
-                return Err(anyhow!(
-                    "cannot connect to {}: timed out after {:.1}s; {START_SERVER_HINT}",
-                    self.servers_display(),
-                    whole_list.as_secs_f64()
-                ));
+        let client = loop {
+            let options = self.options(settings, &events).await?;
+            let outcome = async {
+                match shutdown {
+                    Some(shutdown) => tokio::select! {
+                        outcome = self.try_connect(options, &servers) => outcome,
+                        () = shutdown.drain_requested() => Err(ConnectFailure {
+                            message: format!("stopped while connecting to {}", self.servers_display()),
+                            server_absent: false,
+                        }),
+                    },
+                    None => self.try_connect(options, &servers).await,
+                }
+            };
+            match outcome.await {
+                Ok(client) => break client,
+                Err(failure) if self.wait_for_server && failure.server_absent => {
+                    tracing::warn!(
+                        attempt,
+                        retry_in = ?retry_delay,
+                        "waiting for the server: {}",
+                        failure.message
+                    );
+                    let pause = tokio::time::sleep(retry_delay);
+                    match shutdown {
+                        Some(shutdown) => tokio::select! {
+                            () = pause => {}
+                            () = shutdown.drain_requested() => anyhow::bail!(
+                                "stopped while waiting for the server at {}",
+                                self.servers_display()
+                            ),
+                        },
+                        None => pause.await,
+                    }
+                    retry_delay = (retry_delay * 2).min(MAX_RETRY_DELAY);
+                    attempt += 1;
+                }
+                Err(failure) => return Err(anyhow!(failure.message)),
             }
         };
 
@@ -212,6 +269,35 @@ impl ConnectArgs {
             "connected"
         );
         Ok((client, events))
+    }
+
+    /// One connection attempt over the whole server list, bounded in time.
+    async fn try_connect(
+        &self,
+        options: ConnectOptions,
+        servers: &[ServerAddr],
+    ) -> Result<Client, ConnectFailure> {
+        // async-nats bounds each server's attempt; this bounds the whole list as well.
+        let whole_list = self.connect_timeout * u32::try_from(servers.len()).unwrap_or(u32::MAX)
+            + Duration::from_secs(1);
+        match tokio::time::timeout(whole_list, options.connect(servers.to_vec())).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(error)) => Err(ConnectFailure {
+                message: self.describe_failure(&error),
+                server_absent: matches!(
+                    error.kind(),
+                    ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns
+                ),
+            }),
+            Err(_) => Err(ConnectFailure {
+                message: format!(
+                    "cannot connect to {}: timed out after {:.1}s; {START_SERVER_HINT}",
+                    self.servers_display(),
+                    whole_list.as_secs_f64()
+                ),
+                server_absent: true,
+            }),
+        }
     }
 
     fn server_addrs(&self) -> anyhow::Result<Vec<ServerAddr>> {
@@ -310,6 +396,16 @@ impl ConnectArgs {
     }
 }
 
+/// Why one connection attempt failed.
+#[derive(Debug)]
+struct ConnectFailure {
+    /// The one-line error for the user.
+    message: String,
+    /// True when nothing answered, so that waiting for the server can help; false for
+    /// rejected credentials, TLS trouble and other errors that retrying cannot fix.
+    server_absent: bool,
+}
+
 /// The error and each of its sources on one line, without repeats.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -405,7 +501,7 @@ impl Events {
                 }
             }
             Event::Disconnected => tracing::warn!(
-                "disconnected from the server; reconnecting (subscriptions are restored, messages published meanwhile are lost)"
+                "disconnected from the server; reconnecting. Subscriptions are restored once connected; messages the server handles meanwhile are not delivered to this client"
             ),
             Event::LameDuckMode => tracing::warn!(
                 "the server entered lame duck mode and will shut down soon; the client will reconnect to another server"

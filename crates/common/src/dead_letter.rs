@@ -33,7 +33,12 @@ pub const WORKER_HEADER: &str = "Dead-Letter-Worker";
 pub const SUBJECT_HEADER: &str = "Dead-Letter-Subject";
 
 /// Every header this module adds, for stripping them again before a replay.
-const HEADERS: [&str; 4] = [REASON_HEADER, ATTEMPTS_HEADER, WORKER_HEADER, SUBJECT_HEADER];
+const HEADERS: [&str; 4] = [
+    REASON_HEADER,
+    ATTEMPTS_HEADER,
+    WORKER_HEADER,
+    SUBJECT_HEADER,
+];
 
 /// Suffix of the default dead-letter subject: `tasks.risky` gives `tasks.risky.dead`.
 pub const SUFFIX: &str = ".dead";
@@ -75,7 +80,9 @@ impl DeadLetter {
     /// A header value cannot hold a line break, so async-nats turns each `\r` or `\n` in the
     /// reason or the worker id into a space.
     pub fn headers(&self, original: Option<&HeaderMap>) -> HeaderMap {
-        let mut headers = original.map(without_dead_letter_headers).unwrap_or_default();
+        let mut headers = original
+            .map(without_dead_letter_headers)
+            .unwrap_or_default();
         headers.insert(REASON_HEADER, self.reason.as_str());
         headers.insert(ATTEMPTS_HEADER, self.attempts.to_string());
         headers.insert(WORKER_HEADER, self.worker.as_str());
@@ -131,7 +138,10 @@ pub fn without_dead_letter_headers(headers: &HeaderMap) -> HeaderMap {
     let mut kept = HeaderMap::new();
     for (name, values) in headers.iter() {
         let name_text: &str = name.as_ref();
-        if HEADERS.iter().any(|ours| ours.eq_ignore_ascii_case(name_text)) {
+        if HEADERS
+            .iter()
+            .any(|ours| ours.eq_ignore_ascii_case(name_text))
+        {
             continue;
         }
         for value in values {
@@ -188,10 +198,7 @@ mod tests {
     #[test]
     fn headers_round_trip() {
         let headers = sample().headers(None);
-        assert_eq!(
-            headers.get(ATTEMPTS_HEADER).map(|v| v.as_str()),
-            Some("3")
-        );
+        assert_eq!(headers.get(ATTEMPTS_HEADER).map(|v| v.as_str()), Some("3"));
         assert_eq!(DeadLetter::from_headers(Some(&headers)), Ok(sample()));
     }
 

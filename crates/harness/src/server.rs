@@ -46,6 +46,7 @@ pub fn nats_server_bin() -> Result<PathBuf, String> {
 pub struct ServerBuilder {
     config: Option<String>,
     extra_args: Vec<String>,
+    client_port: Option<u16>,
 }
 
 impl ServerBuilder {
@@ -53,6 +54,13 @@ impl ServerBuilder {
     /// Ports given on the command line take precedence over the file's.
     pub fn config(mut self, text: impl Into<String>) -> Self {
         self.config = Some(text.into());
+        self
+    }
+
+    /// Listens for clients on this port instead of a random one, for a test that starts
+    /// a client before its server.
+    pub fn client_port(mut self, port: u16) -> Self {
+        self.client_port = Some(port);
         self
     }
 
@@ -86,7 +94,7 @@ impl ServerBuilder {
             client_port: 0,
             monitor_port: 0,
         };
-        server.spawn(None);
+        server.spawn(self.client_port.map(|port| (Some(port), None)));
         server
     }
 }
@@ -150,7 +158,7 @@ impl NatsServer {
     /// Starts the stopped server again on the same client and monitoring ports.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "restart needs a stopped server");
-        self.spawn(Some((self.client_port, self.monitor_port)));
+        self.spawn(Some((Some(self.client_port), Some(self.monitor_port))));
     }
 
     fn log_path(&self) -> PathBuf {
@@ -161,16 +169,17 @@ impl NatsServer {
         self.dir.path().join("ports")
     }
 
-    fn spawn(&mut self, ports: Option<(u16, u16)>) {
+    /// Starts the process; a port of `None` lets the server pick a free one.
+    fn spawn(&mut self, ports: Option<(Option<u16>, Option<u16>)>) {
         let ports_dir = self.ports_dir();
         let _ = fs::remove_dir_all(&ports_dir);
         fs::create_dir_all(&ports_dir).expect("the ports folder can be created");
 
         // `-1` asks the server for a free port; it writes the ports it took to a file in
         // `--ports_file_dir`, which is how this harness learns them without a race.
-        let (client, monitor) = ports.map_or(("-1".to_owned(), "-1".to_owned()), |(c, m)| {
-            (c.to_string(), m.to_string())
-        });
+        let (client, monitor) = ports.unwrap_or_default();
+        let as_arg = |port: Option<u16>| port.map_or("-1".to_owned(), |p| p.to_string());
+        let (client, monitor) = (as_arg(client), as_arg(monitor));
         let mut command = Command::new(&self.bin);
         if let Some(config) = &self.config_path {
             command.arg("-c").arg(config);

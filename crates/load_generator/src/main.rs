@@ -235,10 +235,19 @@ async fn publish_batch(client: &Client, args: &Args, say: &dyn Fn(String)) -> an
             format!("{}-{number:0width$}", args.prefix),
             filler.clone(),
         );
-        client
-            .publish(args.subject.clone(), task.to_bytes().into())
-            .await
-            .with_context(|| format!("cannot publish {}", task.task_id))?;
+        // While the client reconnects its outgoing queue fills up and `publish` waits for
+        // room, so the wait is bounded like the flush below.
+        let publish = client.publish(args.subject.clone(), task.to_bytes().into());
+        match tokio::time::timeout(args.flush_timeout, publish).await {
+            Ok(result) => result.with_context(|| format!("cannot publish {}", task.task_id))?,
+            Err(_) => anyhow::bail!(
+                "cannot publish {}: the client's queue stayed full for {:.1}s, so the server is unreachable; {} of {} tasks were not sent",
+                task.task_id,
+                args.flush_timeout.as_secs_f64(),
+                args.count - number + 1,
+                args.count
+            ),
+        }
         bar.inc(1);
         if number % progress_every == 0 || number == args.count {
             bar.suspend(|| say(format!("Published {number}/{} tasks...", args.count)));

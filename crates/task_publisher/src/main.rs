@@ -71,15 +71,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("Publishing {} tasks to queue group...", args.count);
     for number in 1..=args.count {
         let task = Task::new(format!("TASK-{number:03}"), Some(args.data.clone()));
-        client
-            .publish(args.subject.clone(), task.to_bytes().into())
-            .await
-            .with_context(|| format!("cannot publish {}", task.task_id))?;
-
         // `publish` only queues the message in the client. The flush waits for the server
         // to answer a PING sent after it, so the line below is printed once the server has
-        // the task, not merely once this process has buffered it.
-        confirm(&client, args.flush_timeout)
+        // the task, not merely once this process has buffered it. Both are bounded: while
+        // the client is reconnecting, its queue fills and neither would return.
+        confirm(&client, &args.subject, task.to_bytes(), args.flush_timeout)
             .await
             .with_context(|| {
                 let unconfirmed = args.count - number + 1;
@@ -104,10 +100,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Flushes, giving up after `timeout` so that a lost server cannot hang the publisher.
-async fn confirm(client: &Client, timeout: Duration) -> anyhow::Result<()> {
-    match tokio::time::timeout(timeout, client.flush()).await {
-        Ok(result) => result.context("flush failed"),
+/// Publishes and flushes, giving up after `timeout` so that a lost server cannot hang the
+/// publisher.
+async fn confirm(
+    client: &Client,
+    subject: &str,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let publish_and_flush = async {
+        client
+            .publish(subject.to_owned(), payload.into())
+            .await
+            .context("publish failed")?;
+        client.flush().await.context("flush failed")
+    };
+    match tokio::time::timeout(timeout, publish_and_flush).await {
+        Ok(result) => result,
         Err(_) => Err(anyhow!("no answer within {:.1}s", timeout.as_secs_f64())),
     }
 }

@@ -158,8 +158,7 @@ mod tests {
             started_at: Utc::now(),
             finished_at: Utc::now(),
         };
-        let json: serde_json::Value =
-            serde_json::from_slice(&completion.to_bytes()).expect("JSON");
+        let json: serde_json::Value = serde_json::from_slice(&completion.to_bytes()).expect("JSON");
         assert_eq!(json["outcome"], "dead_lettered");
         let decoded = Completion::from_bytes(&completion.to_bytes()).expect("decodes");
         assert_eq!(decoded.task_id, "HEAVY-001");

@@ -95,9 +95,18 @@ fn five_workers_measured_makespan() {
     let makespan = completion["makespan_seconds"].as_f64().unwrap();
     let ideal = completion["ideal_makespan_seconds"].as_f64().unwrap();
     let single_worker = completion["sequential_seconds"].as_f64().unwrap();
-    assert!(ideal >= 1.0, "ten tasks of 0.1 s per worker at best: {figures}");
-    assert!(makespan >= ideal * 0.95, "no faster than the ideal: {figures}");
-    assert!(makespan < single_worker, "faster than one worker: {figures}");
+    assert!(
+        ideal >= 1.0,
+        "ten tasks of 0.1 s per worker at best: {figures}"
+    );
+    assert!(
+        makespan >= ideal * 0.95,
+        "no faster than the ideal: {figures}"
+    );
+    assert!(
+        makespan < single_worker,
+        "faster than one worker: {figures}"
+    );
 }
 
 /// `--concurrency 4` lets one process finish sleeping tasks about four times sooner.
@@ -160,7 +169,11 @@ fn slow_consumer_drops_are_counted() {
             &server.client_url(),
         ],
     );
-    assert!(generator.wait_exit(WAIT).success(), "{}", generator.transcript());
+    assert!(
+        generator.wait_exit(WAIT).success(),
+        "{}",
+        generator.transcript()
+    );
 
     // The worker has nothing left once its buffer is empty; a quiet second shows that.
     std::thread::sleep(Duration::from_millis(500));

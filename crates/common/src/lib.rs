@@ -16,6 +16,7 @@
 //! - [`dead_letter`]: the headers a worker puts on a message it gave up on, and the
 //!   subject it sends it to.
 //! - [`duration`]: `2.0`, `500ms`, `2s` and `1m` on the command line.
+//! - [`limits`]: the server's `max_payload`, checked before publishing.
 //! - [`shutdown`]: the first Ctrl-C or SIGTERM asks for a drain, a second one for an
 //!   immediate stop.
 //! - [`logging`]: `tracing` on stderr, with secrets scrubbed from every line.
@@ -24,6 +25,7 @@ pub mod connection;
 pub mod consume;
 pub mod dead_letter;
 pub mod duration;
+pub mod limits;
 pub mod logging;
 pub mod names;
 pub mod report;

@@ -231,13 +231,13 @@ async fn publish_batch(client: &Client, args: &Args, say: &dyn Fn(String)) -> an
             let due = started + Duration::from_secs_f64(f64::from(number - 1) / rate);
             tokio::time::sleep_until(due).await;
         }
-        let task = Task::new(
-            format!("{}-{number:0width$}", args.prefix),
-            filler.clone(),
-        );
+        let task = Task::new(format!("{}-{number:0width$}", args.prefix), filler.clone());
+        let payload = task.to_bytes();
+        common::limits::ensure_fits(client, &args.subject, payload.len())
+            .with_context(|| format!("cannot publish {}", task.task_id))?;
         // While the client reconnects its outgoing queue fills up and `publish` waits for
         // room, so the wait is bounded like the flush below.
-        let publish = client.publish(args.subject.clone(), task.to_bytes().into());
+        let publish = client.publish(args.subject.clone(), payload.into());
         match tokio::time::timeout(args.flush_timeout, publish).await {
             Ok(result) => result.with_context(|| format!("cannot publish {}", task.task_id))?,
             Err(_) => anyhow::bail!(
@@ -388,14 +388,23 @@ async fn collect_reports(
 fn print_completion(figures: &CompletionFigures, tally: &Tally, wait_timeout: Duration) {
     let finished = figures.completed + figures.dead_lettered;
     if figures.missing > 0 {
-        let shown: Vec<&str> = tally.missing_ids.iter().take(10).map(String::as_str).collect();
+        let shown: Vec<&str> = tally
+            .missing_ids
+            .iter()
+            .take(10)
+            .map(String::as_str)
+            .collect();
         println!(
             "Timed out after {:.0}s: {finished} of {} tasks reported, {} missing ({}{})",
             wait_timeout.as_secs_f64(),
             finished + figures.missing,
             figures.missing,
             shown.join(", "),
-            if tally.missing_ids.len() > shown.len() { ", …" } else { "" }
+            if tally.missing_ids.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
         );
         println!(
             "Is a worker running, with completion reports on {}? Tasks published while no member was subscribed are gone.",

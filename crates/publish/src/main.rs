@@ -86,6 +86,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for number in 1..=args.count {
         let body = fill_count(&args.body, number);
         let size = body.len();
+        common::limits::ensure_fits(&client, &args.subject, size)
+            .with_context(|| format!("cannot publish message {number}"))?;
         if args.headers.is_empty() {
             client
                 .publish(args.subject.clone(), body.into())

@@ -75,7 +75,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // to answer a PING sent after it, so the line below is printed once the server has
         // the task, not merely once this process has buffered it. Both are bounded: while
         // the client is reconnecting, its queue fills and neither would return.
-        confirm(&client, &args.subject, task.to_bytes(), args.flush_timeout)
+        let payload = task.to_bytes();
+        common::limits::ensure_fits(&client, &args.subject, payload.len())
+            .with_context(|| format!("cannot publish {}", task.task_id))?;
+        confirm(&client, &args.subject, payload, args.flush_timeout)
             .await
             .with_context(|| {
                 let unconfirmed = args.count - number + 1;

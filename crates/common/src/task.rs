@@ -269,4 +269,48 @@ mod tests {
         let long = vec![b'a'; PREVIEW_LEN + 5];
         assert_eq!(preview(&long), format!("\"{}\"…", "a".repeat(PREVIEW_LEN)));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        proptest! {
+            /// Whatever arrives on the subject, decoding returns a result and never panics.
+            #[test]
+            fn any_bytes_decode_without_panic(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = Task::from_bytes(&payload);
+            }
+
+            /// JSON-looking input, which reaches deeper into the decoder than random bytes.
+            #[test]
+            fn json_like_text_decodes_without_panic(text in r#"[{}\[\]",:0-9a-z_ ]{0,200}"#) {
+                let _ = Task::from_bytes(text.as_bytes());
+            }
+
+            /// A task with any valid id and data decodes to itself.
+            #[test]
+            fn valid_tasks_round_trip(
+                task_id in "[^\u{0}]{1,40}".prop_filter("within the id limit", |id| id.len() <= MAX_TASK_ID_LEN),
+                data in proptest::option::of(".{0,100}"),
+            ) {
+                let task = Task::new(task_id.clone(), data.clone());
+                let decoded = Task::from_bytes(&task.to_bytes()).expect("own encoding decodes");
+                prop_assert_eq!(decoded.timestamp_text(), task.timestamp_text());
+                prop_assert_eq!(decoded.task_id, task_id);
+                prop_assert_eq!(decoded.data, data);
+            }
+
+            /// An id longer than the limit is always rejected, whatever it contains.
+            #[test]
+            fn long_ids_are_rejected(task_id in "[a-zA-Z0-9-]{129,300}") {
+                let task = Task::new(task_id, None);
+                let rejected = matches!(
+                    Task::from_bytes(&task.to_bytes()),
+                    Err(DecodeError::TaskIdTooLong { .. })
+                );
+                prop_assert!(rejected);
+            }
+        }
+    }
 }

@@ -298,3 +298,73 @@ fn publisher_never_hangs_when_server_stops() {
         "confirmed {confirmed:?}, completed {done:?}"
     );
 }
+
+/// Messages the server delivered to the connection named `name`, from `/connz`.
+fn delivered_to(server: &NatsServer, name: &str) -> u64 {
+    let connz = server.monitor_json("/connz?subs=1");
+    connz["connections"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|connection| connection["name"] == name)
+        .and_then(|connection| connection["out_msgs"].as_u64())
+        .unwrap_or_else(|| panic!("no connection named {name} in {connz}"))
+}
+
+/// SIGKILL loses every task the killed member held, and only those: a plain subscriber on
+/// the same subject saw every task, and the server's count of what it gave the killed
+/// member accounts for the gap exactly.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_loses_what_the_member_held() {
+    use futures::StreamExt;
+
+    let server = NatsServer::start();
+    let url = server.client_url();
+    let observer = async_nats::connect(&url).await.unwrap();
+    let mut plain = observer.subscribe("tasks.process").await.unwrap();
+    observer.flush().await.unwrap();
+
+    let killed = start_worker(&url, "killed", &["--work-time", "200ms"]);
+    let mut survivor = start_worker(&url, "survivor", &["--work-time", "10ms"]);
+    publish_burst(&url, "TASK", 40);
+
+    let mut seen = Vec::new();
+    while seen.len() < 40 {
+        let message = tokio::time::timeout(WAIT, plain.next())
+            .await
+            .expect("the plain subscriber receives every task")
+            .unwrap();
+        seen.push(common::Task::from_bytes(&message.payload).unwrap().task_id);
+    }
+
+    killed.wait_for_stdout("Completed task", WAIT);
+    let given_to_killed = delivered_to(&server, "worker-killed");
+    killed.kill();
+    let mut killed = killed;
+    let status = killed.wait_exit(WAIT);
+    assert_eq!(status.code(), None, "killed by a signal, no exit code");
+
+    wait_until(
+        WAIT,
+        || completed(&survivor).len() as u64 + given_to_killed >= 40,
+        || survivor.transcript(),
+    );
+    survivor.interrupt();
+    assert!(
+        survivor.wait_exit(WAIT).success(),
+        "{}",
+        survivor.transcript()
+    );
+
+    let done_by_killed = completed(&killed).len() as u64;
+    let done_by_survivor = completed(&survivor).len() as u64;
+    let lost = given_to_killed - done_by_killed;
+    assert!(lost > 0, "the killed member held tasks when it died");
+    assert_eq!(done_by_killed + done_by_survivor + lost, 40);
+    assert_eq!(seen.len(), 40, "the plain subscriber saw everything");
+
+    let mut done: Vec<String> = completed(&killed);
+    done.extend(completed(&survivor));
+    let missing: Vec<&String> = seen.iter().filter(|id| !done.contains(id)).collect();
+    assert_eq!(missing.len() as u64, lost, "{missing:?}");
+}

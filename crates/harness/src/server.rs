@@ -1,6 +1,7 @@
 //! Starting and stopping real `nats-server` processes.
 
 use std::fs;
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -135,6 +136,34 @@ impl NatsServer {
     /// The HTTP monitoring URL, such as `http://127.0.0.1:40124`.
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// Fetches a monitoring endpoint such as `/connz?subs=1` and parses its JSON.
+    ///
+    /// A plain HTTP/1.0 request over a loopback socket is enough for the server's monitor
+    /// and keeps an HTTP client out of the harness.
+    ///
+    /// # Panics
+    ///
+    /// When the request fails or the answer is not JSON.
+    pub fn monitor_json(&self, path: &str) -> serde_json::Value {
+        let address = SocketAddr::from(([127, 0, 0, 1], self.monitor_port));
+        let mut stream = TcpStream::connect_timeout(&address, WAIT)
+            .unwrap_or_else(|error| panic!("cannot reach the monitor at {address}: {error}"));
+        stream
+            .set_read_timeout(Some(WAIT))
+            .expect("a read timeout can be set");
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .expect("the request can be sent");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("the response can be read");
+        let body = response.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+        serde_json::from_str(body)
+            .unwrap_or_else(|error| panic!("{path} did not return JSON ({error}):\n{response}"))
     }
 
     /// The folder of this server's files (config, log, ports file); removed on drop.

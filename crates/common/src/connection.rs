@@ -83,7 +83,7 @@ pub struct ConnectArgs {
     pub servers: Vec<String>,
 
     /// Connection name, shown by the server's monitoring and by `queue_monitor`
-    /// [default: <binary>-<id>].
+    /// [default: the program's name and id, such as worker-2].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 

@@ -81,7 +81,8 @@ mod rfc3339 {
 #[derive(Debug, Clone, clap::Args)]
 #[command(next_help_heading = "Completion reports")]
 pub struct ReportArgs {
-    /// Subject for one completion report per task [default: <subject>.done].
+    /// Subject for one completion report per task [default: the work subject followed by
+    /// .done, such as tasks.heavy.done].
     #[arg(long, value_parser = names::publish_subject, value_name = "SUBJECT")]
     pub results_subject: Option<String>,
 

@@ -62,7 +62,8 @@ struct Args {
     #[arg(long)]
     wait: bool,
 
-    /// Subject the workers publish completion reports on [default: <subject>.done].
+    /// Subject the workers publish completion reports on [default: the --subject value
+    /// followed by .done].
     #[arg(long, value_parser = names::subscribe_subject, value_name = "SUBJECT")]
     results_subject: Option<String>,
 

@@ -1,8 +1,8 @@
 //! Dead letters: messages a worker gave up on, parked on a subject of their own.
 //!
 //! Core NATS does not redeliver. Once the server has handed a task to a queue group member
-//! it has forgotten the task, so a member whose processing fails must retry by itself and,
-//! when it gives up, put the message where a person or a tool can find it. Step 4's
+//! it has forgotten the task. So a member whose processing fails must retry by itself, and
+//! when it gives up it must put the message where a person or a tool can find it. Step 4's
 //! `resilient_worker` publishes the original payload unchanged to a dead-letter subject
 //! (`tasks.risky.dead` by default) and describes the failure in headers:
 //!
@@ -46,7 +46,7 @@ pub const SUFFIX: &str = ".dead";
 /// Dead-letter subject used for a wildcard work subject, which cannot take the suffix.
 pub const FALLBACK_SUBJECT: &str = "dead.letters";
 
-/// Why a worker gave up on a message, as carried in the dead letter's headers.
+/// The account of a message a worker gave up on, as carried in the dead letter's headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// Subject the message was published on before it failed.
@@ -59,7 +59,7 @@ pub struct DeadLetter {
     pub worker: String,
 }
 
-/// Why a message is not a dead letter that can be replayed.
+/// The reason a message is not a dead letter that can be replayed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidDeadLetter {
     reason: String,
@@ -151,7 +151,7 @@ pub fn without_dead_letter_headers(headers: &HeaderMap) -> HeaderMap {
     kept
 }
 
-/// The dead-letter subject for workers on `work_subject`: `tasks.risky` gives
+/// Derives the dead-letter subject for workers on `work_subject`: `tasks.risky` gives
 /// `tasks.risky.dead`, and a wildcard subscription such as `tasks.*` gets
 /// [`FALLBACK_SUBJECT`], since a subject with a wildcard cannot be published to.
 pub fn default_subject(work_subject: &str) -> String {
@@ -166,7 +166,7 @@ pub fn default_subject(work_subject: &str) -> String {
 /// Reports whether a subscription on `pattern` receives messages published to `subject`.
 ///
 /// `*` matches exactly one token and a final `>` matches one or more. Workers and the
-/// replay tool use this to refuse a setup in which what they publish comes straight back
+/// replay tool use this to reject a setup in which what they publish comes straight back
 /// to their own subscription, which would go round forever.
 pub fn subject_matches(pattern: &str, subject: &str) -> bool {
     let mut subject_tokens = subject.split('.');

@@ -33,12 +33,20 @@ pub struct Completion {
     pub outcome: Outcome,
     /// Attempts made, 1 when the first one succeeded.
     pub attempts: u32,
+    /// Tasks the worker works on at the same time, so that a publisher can work out the
+    /// ideal makespan; reports without it count as 1.
+    #[serde(default = "one")]
+    pub concurrency: u32,
     /// When the worker started on the task.
     #[serde(with = "rfc3339")]
     pub started_at: DateTime<Utc>,
     /// When the worker finished with it.
     #[serde(with = "rfc3339")]
     pub finished_at: DateTime<Utc>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Completion {
@@ -156,6 +164,7 @@ mod tests {
             worker: "2".into(),
             outcome: Outcome::DeadLettered,
             attempts: 3,
+            concurrency: 1,
             started_at: Utc::now(),
             finished_at: Utc::now(),
         };

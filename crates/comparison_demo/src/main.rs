@@ -121,7 +121,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     println!("Starting 3 {kind} subscribers...");
     println!();
 
-    let joined = try_join_all(SUBSCRIBER_IDS.map(|id| join(&args, mode, id))).await?;
+    let joined = try_join_all(SUBSCRIBER_IDS.map(|id| join(&args, mode, id, &shutdown))).await?;
     let (members, subscribers): (Vec<Member>, Vec<Subscriber>) = joined.into_iter().unzip();
     // Printed only once all three subscriptions are confirmed, so a publisher started after
     // these lines reaches every subscriber.
@@ -201,7 +201,12 @@ impl Member {
 
 /// Connects subscriber `id` and subscribes it, returning once the server has confirmed the
 /// subscription.
-async fn join(args: &Args, mode: Mode, id: &str) -> anyhow::Result<(Member, Subscriber)> {
+async fn join(
+    args: &Args,
+    mode: Mode,
+    id: &str,
+    shutdown: &Shutdown,
+) -> anyhow::Result<(Member, Subscriber)> {
     // Three connections need three names, so a `--name` becomes their common prefix.
     let mut connect = args.connect.clone();
     let name = format!("{}-{id}", connect.name_or(DEFAULT_NAME_PREFIX));
@@ -210,7 +215,7 @@ async fn join(args: &Args, mode: Mode, id: &str) -> anyhow::Result<(Member, Subs
         default_name: name,
         subscription_capacity: Some(args.member.capacity),
     };
-    let (client, _events) = connect.connect(&settings).await?;
+    let (client, _events) = connect.connect_or_stop(&settings, shutdown).await?;
 
     // The only difference between the modes is the queue group name. Subscribers that
     // give the same one share the messages; without one, each gets its own copy.

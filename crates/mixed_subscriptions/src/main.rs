@@ -76,7 +76,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         default_name: DEFAULT_NAME.to_owned(),
         subscription_capacity: Some(args.member.capacity),
     };
-    let (client, events) = args.connect.connect(&settings).await?;
+    let (client, events) = args.connect.connect_or_stop(&settings, &shutdown).await?;
 
     // Without a queue group, the server sends this subscription a copy of every message on
     // the subject, whatever queue groups also listen there.

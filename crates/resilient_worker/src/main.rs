@@ -211,7 +211,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         default_name: format!("resilient_worker-{}", args.id),
         subscription_capacity: Some(args.member.capacity),
     };
-    let (client, _events) = args.connect.connect(&settings).await?;
+    let (client, _events) = args.connect.connect_or_stop(&settings, &shutdown).await?;
 
     // Members of a queue group subscribe with the same subject and the same group name;
     // the server then delivers each message to one of them, chosen at random.
@@ -569,6 +569,7 @@ impl Worker {
                 worker: self.id.clone(),
                 outcome,
                 attempts,
+                concurrency: 1,
                 started_at,
                 finished_at: Utc::now(),
             })

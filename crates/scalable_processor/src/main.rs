@@ -104,6 +104,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
 
     let worker = Processor {
         id: args.id,
+        concurrency: args.concurrency,
         processing_time: args.processing_time,
         reporter: Reporter::new(client.clone(), args.reports.subject(&args.subject)),
         stats: Stats::default(),
@@ -163,6 +164,8 @@ struct Stats {
 #[derive(Debug)]
 struct Processor {
     id: String,
+    /// Tasks handled at once, reported so that a publisher can compute the ideal makespan.
+    concurrency: u16,
     processing_time: Duration,
     reporter: Reporter,
     stats: Stats,
@@ -209,6 +212,7 @@ impl Processor {
                 worker: self.id.clone(),
                 outcome: Outcome::Completed,
                 attempts: 1,
+                concurrency: u32::from(self.concurrency),
                 started_at,
                 finished_at: Utc::now(),
             })

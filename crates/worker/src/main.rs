@@ -195,6 +195,7 @@ impl Worker {
                 worker: self.id.clone(),
                 outcome: Outcome::Completed,
                 attempts: 1,
+                concurrency: 1,
                 started_at,
                 finished_at: Utc::now(),
             })

@@ -104,7 +104,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         default_name: "replay_dead_letters".to_owned(),
         subscription_capacity: Some(args.member.capacity),
     };
-    let (client, _events) = args.connect.connect(&settings).await?;
+    let (client, _events) = args.connect.connect_or_stop(&settings, &shutdown).await?;
 
     let mut subscriber = client
         .queue_subscribe(args.subject.clone(), args.queue.clone())

@@ -368,3 +368,169 @@ async fn sigkill_loses_what_the_member_held() {
     let missing: Vec<&String> = seen.iter().filter(|id| !done.contains(id)).collect();
     assert_eq!(missing.len() as u64, lost, "{missing:?}");
 }
+
+/// How to run one worker-type binary slowly enough that tasks wait in its buffer.
+struct SlowMember {
+    binary: &'static str,
+    args: &'static [&'static str],
+    subject: &'static str,
+    ready: &'static str,
+    started: &'static str,
+    completed: &'static str,
+}
+
+const SLOW_MEMBERS: &[SlowMember] = &[
+    SlowMember {
+        binary: "worker",
+        args: &["1", "--work-time", "400ms"],
+        subject: "tasks.process",
+        ready: "Waiting for tasks",
+        started: "Processing message #1",
+        completed: "Completed task TASK-",
+    },
+    SlowMember {
+        binary: "scalable_processor",
+        args: &["1", "400ms"],
+        subject: "tasks.heavy",
+        ready: "Ready for tasks",
+        started: "Processing TASK-",
+        completed: "✓ TASK-",
+    },
+    SlowMember {
+        binary: "resilient_worker",
+        args: &["1", "--work-time", "400ms", "--failure-rate", "0"],
+        subject: "tasks.risky",
+        ready: "Waiting for tasks",
+        started: "Started",
+        completed: "✓ Completed TASK-",
+    },
+];
+
+/// Starts `member` with `extra` flags, publishes `count` tasks to it and waits until it
+/// has started on them.
+fn loaded_member(
+    server: &NatsServer,
+    member: &SlowMember,
+    extra: &[&str],
+    count: usize,
+) -> Process {
+    let url = server.client_url();
+    let mut args: Vec<&str> = member.args.to_vec();
+    args.extend_from_slice(extra);
+    args.extend(["-s", &url]);
+    let process = Process::start(member.binary, args);
+    process.wait_for_stdout(member.ready, WAIT);
+
+    let count = count.to_string();
+    let mut generator = Process::start(
+        "load_generator",
+        [
+            "--count",
+            &count,
+            "--subject",
+            member.subject,
+            "--prefix",
+            "TASK",
+            "-s",
+            &url,
+        ],
+    );
+    assert!(
+        generator.wait_exit(WAIT).success(),
+        "{}",
+        generator.transcript()
+    );
+    process.wait_for_stdout(member.started, WAIT);
+    process
+}
+
+fn completed_count(process: &Process, marker: &str) -> usize {
+    process
+        .stdout()
+        .iter()
+        .filter(|l| l.contains(marker))
+        .count()
+}
+
+/// Every worker-type binary drains on SIGTERM: all delivered tasks complete, exit 0.
+#[test]
+fn every_member_drains_on_sigterm() {
+    for member in SLOW_MEMBERS {
+        let server = NatsServer::start();
+        let mut process = loaded_member(&server, member, &[], 4);
+        process.terminate();
+        let status = process.wait_exit(WAIT);
+
+        assert!(
+            status.success(),
+            "{}: {}",
+            member.binary,
+            process.transcript()
+        );
+        assert_eq!(
+            completed_count(&process, member.completed),
+            4,
+            "{}: {}",
+            member.binary,
+            process.transcript()
+        );
+    }
+}
+
+/// Every worker-type binary stops at once on a second signal and accounts for every
+/// delivered task as completed or abandoned.
+#[test]
+fn every_member_stops_at_once_on_second_signal() {
+    for member in SLOW_MEMBERS {
+        let server = NatsServer::start();
+        let mut process = loaded_member(&server, member, &[], 6);
+        process.interrupt();
+        process.wait_for_stdout("Shutting down", WAIT);
+        process.interrupt();
+        let status = process.wait_exit(WAIT);
+
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{}: {}",
+            member.binary,
+            process.transcript()
+        );
+        let done = completed_count(&process, member.completed);
+        assert_eq!(
+            done + abandoned(&process),
+            6,
+            "{}: {}",
+            member.binary,
+            process.transcript()
+        );
+    }
+}
+
+/// Every worker-type binary gives up a drain that outlasts `--drain-timeout`.
+#[test]
+fn every_member_honours_drain_timeout() {
+    for member in SLOW_MEMBERS {
+        let server = NatsServer::start();
+        let mut process = loaded_member(&server, member, &["--drain-timeout", "300ms"], 6);
+        process.terminate();
+        let status = process.wait_exit(WAIT);
+
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{}: {}",
+            member.binary,
+            process.transcript()
+        );
+        process.wait_for_stdout("drain timed out", WAIT);
+        let done = completed_count(&process, member.completed);
+        assert_eq!(
+            done + abandoned(&process),
+            6,
+            "{}: {}",
+            member.binary,
+            process.transcript()
+        );
+    }
+}

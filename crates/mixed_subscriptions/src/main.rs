@@ -7,11 +7,11 @@
 //! to one of them. Adding the logger takes no work away from the workers, and adding a
 //! worker hides no order from the logger.
 //!
-//! Run it, then publish ten orders from a second terminal with the `nats` CLI:
+//! Run it, then publish ten orders from a second terminal:
 //!
 //! ```text
 //! cargo run --bin mixed_subscriptions
-//! for i in $(seq 1 10); do nats pub events.order "Order-$i"; sleep 0.5; done
+//! cargo run --bin publish -- events.order "Order-{{Count}}" --count 10 --sleep 0.5
 //! ```
 //!
 //! The logger prints all ten orders (`[LOGGER] Logged: Order-1`), and each order also

@@ -40,7 +40,10 @@ fn compose_ports_are_loopback_only() {
 
     assert!(!mappings.is_empty(), "the compose file publishes ports");
     for mapping in &mappings {
-        assert!(mapping.starts_with("127.0.0.1:"), "{mapping} is not loopback only");
+        assert!(
+            mapping.starts_with("127.0.0.1:"),
+            "{mapping} is not loopback only"
+        );
     }
 }
 

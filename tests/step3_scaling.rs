@@ -131,9 +131,15 @@ fn concurrency_four_shortens_makespan() {
     // loaded machine while still failing if the tasks ran one after another.
     assert!(sequential >= 3.9, "{figures}");
     assert!(makespan < sequential / 2.0, "{figures}");
-    assert_eq!(completion["slots"], 4, "the worker reports its concurrency: {figures}");
+    assert_eq!(
+        completion["slots"], 4,
+        "the worker reports its concurrency: {figures}"
+    );
     let ideal = completion["ideal_makespan_seconds"].as_f64().unwrap();
-    assert!(makespan >= ideal * 0.95, "no faster than the ideal: {figures}");
+    assert!(
+        makespan >= ideal * 0.95,
+        "no faster than the ideal: {figures}"
+    );
     assert_eq!(done_tasks(&workers[0]).len(), 20);
 }
 

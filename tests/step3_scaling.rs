@@ -143,75 +143,112 @@ fn concurrency_four_shortens_makespan() {
     assert_eq!(done_tasks(&workers[0]).len(), 20);
 }
 
-/// A worker whose buffer overflows counts every dropped task and warns only a few times.
+/// A worker-type binary with a small buffer: how to run it and read its output.
+struct SmallBuffer {
+    binary: &'static str,
+    args: &'static [&'static str],
+    subject: &'static str,
+    ready: &'static str,
+    completed: &'static str,
+}
+
+const SMALL_BUFFERS: &[SmallBuffer] = &[
+    SmallBuffer {
+        binary: "worker",
+        args: &["1", "--work-time", "5ms"],
+        subject: "tasks.process",
+        ready: "Waiting for tasks",
+        completed: "Completed task",
+    },
+    SmallBuffer {
+        binary: "scalable_processor",
+        args: &["1", "5ms"],
+        subject: "tasks.heavy",
+        ready: "Ready for tasks",
+        completed: "✓ ",
+    },
+    SmallBuffer {
+        binary: "resilient_worker",
+        args: &["1", "--work-time", "5ms", "--failure-rate", "0"],
+        subject: "tasks.risky",
+        ready: "Waiting for tasks",
+        completed: "✓ Completed",
+    },
+];
+
+/// The number after `Dropped` in a summary line such as `Dropped: 12 (…)`.
+fn dropped_count(line: &str) -> usize {
+    line.split_once("Dropped")
+        .map(|(_, rest)| rest.trim_start_matches([':', ' ']))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"))
+}
+
+/// Every worker-type binary whose buffer overflows counts each dropped task, so completed
+/// plus dropped equals what the server delivered, and it warns only a few times.
 #[test]
 fn slow_consumer_drops_are_counted() {
-    let server = NatsServer::start();
-    let mut worker = Process::start(
-        "worker",
-        [
-            "1",
-            "--capacity",
-            "8",
-            "--work-time",
-            "5ms",
-            "--no-results",
-            "-s",
-            &server.client_url(),
-        ],
-    );
-    worker.wait_for_stdout("Waiting for tasks", WAIT);
-
     let published = 2000;
-    let mut generator = Process::start(
-        "load_generator",
-        [
-            "--count",
-            &published.to_string(),
-            "--subject",
-            "tasks.process",
-            "--prefix",
-            "TASK",
-            "--payload-size",
-            "256",
-            "-s",
-            &server.client_url(),
-        ],
-    );
-    assert!(
-        generator.wait_exit(WAIT).success(),
-        "{}",
-        generator.transcript()
-    );
+    for member in SMALL_BUFFERS {
+        let server = NatsServer::start();
+        let url = server.client_url();
+        let mut args: Vec<&str> = member.args.to_vec();
+        args.extend(["--capacity", "8", "--no-results", "-s", &url]);
+        let mut worker = Process::start(member.binary, args);
+        worker.wait_for_stdout(member.ready, WAIT);
 
-    // The worker has nothing left once its buffer is empty; a quiet second shows that.
-    std::thread::sleep(Duration::from_millis(500));
-    worker.interrupt();
-    assert!(worker.wait_exit(WAIT).success(), "{}", worker.transcript());
+        let mut generator = Process::start(
+            "load_generator",
+            [
+                "--count",
+                &published.to_string(),
+                "--subject",
+                member.subject,
+                "--prefix",
+                "TASK",
+                "--payload-size",
+                "256",
+                "-s",
+                &url,
+            ],
+        );
+        assert!(
+            generator.wait_exit(WAIT).success(),
+            "{}",
+            generator.transcript()
+        );
 
-    let completed = worker
-        .stdout()
-        .iter()
-        .filter(|line| line.contains("Completed task"))
-        .count();
-    let dropped_line = worker.wait_for_stdout("as a slow consumer", WAIT);
-    let dropped: usize = dropped_line
-        .split_once("Dropped ")
-        .and_then(|(_, rest)| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {dropped_line:?}"));
+        // The worker is done once its small buffer is empty, well within half a second.
+        std::thread::sleep(Duration::from_millis(500));
+        worker.interrupt();
+        assert!(worker.wait_exit(WAIT).success(), "{}", worker.transcript());
 
-    assert!(dropped > 0, "{}", worker.transcript());
-    assert_eq!(completed + dropped, published, "{}", worker.transcript());
+        let completed = worker
+            .stdout()
+            .iter()
+            .filter(|line| line.contains(member.completed))
+            .count();
+        let dropped = dropped_count(&worker.wait_for_stdout("Dropped", WAIT));
+        assert!(dropped > 0, "{}: {}", member.binary, worker.transcript());
+        assert_eq!(
+            completed + dropped,
+            published,
+            "{}: {}",
+            member.binary,
+            worker.transcript()
+        );
 
-    let warnings = worker
-        .stderr()
-        .iter()
-        .filter(|line| line.contains("slow consumer"))
-        .count();
-    assert!(
-        (1..=5).contains(&warnings),
-        "rate-limited warnings, got {warnings}\n{}",
-        worker.transcript()
-    );
+        let warnings = worker
+            .stderr()
+            .iter()
+            .filter(|line| line.contains("slow consumer"))
+            .count();
+        assert!(
+            (1..=5).contains(&warnings),
+            "{}: rate-limited warnings, got {warnings}\n{}",
+            member.binary,
+            worker.transcript()
+        );
+    }
 }

@@ -1,31 +1,35 @@
 //! Running this workspace's binaries and reading what they print.
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Returns the path of one of the workspace's binaries, building all of them once per test
-/// process first.
+/// Returns the path of one of the workspace's binaries, building it first once per test
+/// process.
 ///
 /// Cargo builds a package's own binaries before its tests, but not those of other packages,
 /// and an end-to-end test needs several (a worker and a publisher). Building here also means
-/// a test never runs a binary older than its source.
+/// a test never runs a binary older than its source. Each binary is built on its own, so a
+/// crate that does not compile fails only the tests that use it.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let dir = BUILT
-        .get_or_init(build_workspace_binaries)
-        .as_ref()
-        .unwrap_or_else(|error| panic!("{error}"));
-    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    static BUILT: Mutex<BTreeMap<String, Result<PathBuf, String>>> = Mutex::new(BTreeMap::new());
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let result = built
+        .entry(name.to_owned())
+        .or_insert_with(|| build_binary(name));
+    let path = result.clone().unwrap_or_else(|error| panic!("{error}"));
     assert!(path.is_file(), "no binary {}", path.display());
     path
 }
 
-fn build_workspace_binaries() -> Result<PathBuf, String> {
+fn build_binary(name: &str) -> Result<PathBuf, String> {
     // A test binary lives in `target/<profile>/deps/`; the binaries are in `target/<profile>/`.
     let test_exe = std::env::current_exe().map_err(|error| error.to_string())?;
     let profile_dir = test_exe
@@ -40,7 +44,7 @@ fn build_workspace_binaries() -> Result<PathBuf, String> {
     let mut command = Command::new(cargo);
     command
         .current_dir(&workspace)
-        .args(["build", "--quiet", "--workspace", "--bins"]);
+        .args(["build", "--quiet", "--bin", name]);
     if release {
         command.arg("--release");
     }
@@ -49,11 +53,11 @@ fn build_workspace_binaries() -> Result<PathBuf, String> {
         .map_err(|error| format!("cannot run cargo build: {error}"))?;
     if !output.status.success() {
         return Err(format!(
-            "cargo build --workspace --bins failed:\n{}",
+            "cargo build --bin {name} failed:\n{}",
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(profile_dir)
+    Ok(profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX)))
 }
 
 /// Lines a stream has printed so far, and a signal for each new one.

@@ -45,7 +45,7 @@ use chrono::{DateTime, Utc};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use common::connection::ClientSettings;
-use common::consume::{MemberArgs, consume};
+use common::consume::{Ending, MemberArgs, consume, dropped_messages};
 use common::dead_letter::{self, DeadLetter};
 use common::report::{Completion, Outcome, ReportArgs, Reporter};
 use common::task::preview;
@@ -281,8 +281,8 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     .await?;
 
     let abandoned = match ending {
-        common::consume::Ending::Drained => 0,
-        common::consume::Ending::Stopped { abandoned, .. } => abandoned,
+        Ending::Drained => 0,
+        Ending::Stopped { abandoned, .. } => abandoned,
     };
     let summary = Summary {
         worker: &worker.id,
@@ -291,6 +291,8 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         dead_letter_subject: &worker.dead_letter_subject,
         stats: worker.stats.get(),
         abandoned,
+        dropped: dropped_messages(&client, worker.stats.get().handled() + abandoned as u64),
+        capacity: args.member.capacity,
     };
     if args.json {
         summary.print_json();

@@ -43,6 +43,10 @@ pub(crate) struct Summary<'a> {
     pub(crate) stats: Stats,
     /// Delivered messages given up on a second stop request, 0 after a full drain.
     pub(crate) abandoned: usize,
+    /// Messages the client dropped as a slow consumer; they never reached the worker.
+    pub(crate) dropped: u64,
+    /// The subscription's buffer, in messages, named when messages were dropped.
+    pub(crate) capacity: usize,
 }
 
 impl Summary<'_> {
@@ -70,6 +74,12 @@ impl Summary<'_> {
             "  Lost: {} (the server did not confirm their dead letters)",
             stats.lost
         );
+        if self.dropped > 0 {
+            println!(
+                "  Dropped: {} (slow consumer: the buffer of {} messages was full; these tasks are lost)",
+                self.dropped, self.capacity
+            );
+        }
         if let Some(rate) = stats.success_rate() {
             println!(
                 "  Success rate: {:.1}% ({} of {} messages)",
@@ -91,6 +101,7 @@ impl Summary<'_> {
             "rejected": self.stats.rejected,
             "lost": self.stats.lost,
             "abandoned": self.abandoned,
+            "dropped": self.dropped,
             "success_rate": self.stats.success_rate(),
         });
         println!("{json}");

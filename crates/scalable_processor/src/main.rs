@@ -233,7 +233,7 @@ impl Processor {
         }
         if dropped > 0 {
             println!(
-                "  Dropped (slow consumer, buffer of {capacity}): {dropped}; these tasks are lost"
+                "  Dropped: {dropped} (slow consumer: the buffer of {capacity} messages was full; these tasks are lost)"
             );
         }
     }

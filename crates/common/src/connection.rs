@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr, rustls};
 
 use crate::Shutdown;
 use crate::duration::parse_duration;
@@ -27,6 +27,9 @@ pub const DEFAULT_SERVER: &str = "nats://localhost:4222";
 /// What to run when no server is listening, named in the connection error.
 const START_SERVER_HINT: &str = "start one with `scripts/nats-server.sh` or `docker compose up -d`, or point --server / NATS_URL at a running server";
 
+/// Advice for a failed TLS handshake, part of the connection error.
+const TLS_HINT: &str = "check --tlsca (the CA that signed the server's certificate), --tlscert and --tlskey, and that the server has TLS on";
+
 /// First pause between two connection attempts with `--wait-for-server`; it doubles up to
 /// [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -34,6 +37,10 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// Shortest gap between two slow-consumer warnings; the ones in between are only counted.
 const SLOW_CONSUMER_WARNING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Maximum wait, after a reconnect, for the client to store the new server's INFO before
+/// the `reconnected` line names the server.
+const RECONNECT_INFO_WAIT: Duration = Duration::from_millis(250);
 
 /// A password or token: never shown by `Debug`, `Display` or `--help`.
 #[derive(Clone, PartialEq, Eq)]
@@ -71,6 +78,8 @@ impl fmt::Display for Secret {
 #[command(next_help_heading = "Connection")]
 pub struct ConnectArgs {
     /// NATS server URL, or a comma-separated list of a cluster's seed servers.
+    /// Credentials in a URL (nats://user:password@host:port, or nats://token@host:port for
+    /// a token) are used in place of --user, --password and --token.
     #[arg(
         short = 's',
         long = "server",
@@ -178,14 +187,36 @@ impl ConnectArgs {
 
     /// Every secret these options carry, for the logging filter to hide.
     pub fn secrets(&self) -> Vec<String> {
-        let mut secrets: Vec<String> = self
-            .servers
-            .iter()
-            .filter_map(|url| url_secret(url))
-            .collect();
+        let mut secrets = Vec::new();
+        for url in &self.servers {
+            secrets.extend(url_secret(url));
+            let Ok(addr) = ServerAddr::from_str(url.trim()) else {
+                continue;
+            };
+            // async-nats logs the parsed URL, which percent-encodes characters that the
+            // text may have plain, and the server receives the decoded value.
+            secrets.extend(addr.password().or(addr.username()).map(str::to_owned));
+            secrets.extend(url_auth(&addr).map(|auth| match auth {
+                UrlAuth::UserPassword { password, .. } => password.0,
+                UrlAuth::Token(token) => token.0,
+            }));
+        }
         secrets.extend(self.password.iter().map(|s| s.expose().to_owned()));
         secrets.extend(self.token.iter().map(|s| s.expose().to_owned()));
+        secrets.sort();
+        secrets.dedup();
         secrets
+    }
+
+    /// Returns the credentials in the first server URL that has any.
+    ///
+    /// async-nats 0.52 does not send a URL's credentials by itself, so
+    /// [`ConnectArgs::connect`] passes these on.
+    fn url_auth(&self) -> Option<UrlAuth> {
+        self.servers
+            .iter()
+            .filter_map(|url| ServerAddr::from_str(url.trim()).ok())
+            .find_map(|addr| url_auth(&addr))
     }
 
     /// Connects, or fails with one line that names the server, the cause and the fix.
@@ -287,7 +318,7 @@ impl ConnectArgs {
                 server_absent: matches!(
                     error.kind(),
                     ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns
-                ),
+                ) && !is_tls_failure(&error),
             }),
             Err(_) => Err(ConnectFailure {
                 message: format!(
@@ -334,11 +365,23 @@ impl ConnectArgs {
         if let Some(capacity) = settings.subscription_capacity {
             options = options.subscription_capacity(capacity);
         }
-        if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            options = options.user_and_password(user.clone(), password.expose().to_owned());
-        }
-        if let Some(token) = &self.token {
-            options = options.token(token.expose().to_owned());
+        // Credentials in the URL take precedence over the flags, as in the Go client that
+        // the `nats` CLI is built on.
+        // NOTE: async-nats keeps one set of credentials for the whole server list, so with
+        // several URLs those of the first URL that has any are sent to every server.
+        match self.url_auth() {
+            Some(UrlAuth::UserPassword { user, password }) => {
+                options = options.user_and_password(user, password.0);
+            }
+            Some(UrlAuth::Token(token)) => options = options.token(token.0),
+            None => {
+                if let (Some(user), Some(password)) = (&self.user, &self.password) {
+                    options = options.user_and_password(user.clone(), password.expose().to_owned());
+                }
+                if let Some(token) = &self.token {
+                    options = options.token(token.expose().to_owned());
+                }
+            }
         }
         if let Some(path) = &self.creds {
             options = options.credentials_file(path).await.with_context(|| {
@@ -369,7 +412,7 @@ impl ConnectArgs {
         let handler = events.clone();
         Ok(options.event_callback(move |event| {
             let handler = handler.clone();
-            async move { handler.record(event) }
+            async move { handler.record(event).await }
         }))
     }
 
@@ -377,15 +420,19 @@ impl ConnectArgs {
         let servers = self.servers_display();
         let cause = scrub(&error_chain(error), &self.secrets());
         let hint = match error.kind() {
+            ConnectErrorKind::AuthorizationViolation if self.url_auth().is_some() => {
+                "the server rejected the credentials in the server URL; check the user and password, or the token, in it".to_owned()
+            }
             ConnectErrorKind::AuthorizationViolation => {
                 "the server rejected the credentials; check --user and --password, --token, --creds or --nkey".to_owned()
             }
             ConnectErrorKind::Authentication => {
                 "signing the server's challenge failed; check that --creds or --nkey names a valid file".to_owned()
             }
-            ConnectErrorKind::Tls => {
-                "check --tlsca (the CA that signed the server's certificate), --tlscert and --tlskey, and that the server has TLS on".to_owned()
-            }
+            ConnectErrorKind::Tls => TLS_HINT.to_owned(),
+            // A certificate rejected during the handshake, or the server's TLS alert about
+            // the client's certificate, arrives from async-nats as an I/O error.
+            ConnectErrorKind::Io if is_tls_failure(error) => TLS_HINT.to_owned(),
             ConnectErrorKind::ServerParse => "expected nats://host:port".to_owned(),
             ConnectErrorKind::Dns => "check the host name in --server".to_owned(),
             ConnectErrorKind::TimedOut
@@ -421,6 +468,26 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// Reports whether `error` comes from the TLS layer: a certificate that either side
+/// rejected, or a TLS alert from the server.
+fn is_tls_failure(error: &async_nats::ConnectError) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if cause.is::<rustls::Error>() {
+            return true;
+        }
+        // `io::Error::source` skips the error it wraps, so that one is checked here.
+        let wrapped = cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// The server a client is connected to, as `host:port`, or its name when it has one.
 pub fn connected_server(client: &Client) -> String {
     let info = client.server_info();
@@ -453,6 +520,56 @@ pub fn redact_url(url: &str) -> String {
     format!("{scheme}{masked}{}", &rest[at..])
 }
 
+/// User and password, or a token, from a server URL, percent-decoded as the server expects
+/// them.
+#[derive(Debug, PartialEq, Eq)]
+enum UrlAuth {
+    UserPassword { user: String, password: Secret },
+    Token(Secret),
+}
+
+/// Returns the credentials in `addr`: `nats://user:password@host` or `nats://token@host`.
+fn url_auth(addr: &ServerAddr) -> Option<UrlAuth> {
+    let user = percent_decode(addr.username()?);
+    Some(match addr.password() {
+        Some(password) => UrlAuth::UserPassword {
+            user,
+            password: Secret(percent_decode(password)),
+        },
+        None => UrlAuth::Token(Secret(user)),
+    })
+}
+
+/// Decodes the `%XX` escapes of a URL component; a `%` without two hex digits stays as it
+/// is.
+fn percent_decode(text: &str) -> String {
+    let mut decoded = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        let escaped = match tail {
+            [high, low, ..]
+                if byte == b'%' && high.is_ascii_hexdigit() && low.is_ascii_hexdigit() =>
+            {
+                std::str::from_utf8(&tail[..2])
+                    .ok()
+                    .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            }
+            _ => None,
+        };
+        match escaped {
+            Some(value) => {
+                decoded.push(value);
+                rest = &tail[2..];
+            }
+            None => {
+                decoded.push(byte);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
 /// The password or token inside a server URL, if it has one.
 fn url_secret(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
@@ -477,6 +594,8 @@ struct EventsInner {
     connects: AtomicU64,
     slow_consumer_events: AtomicU64,
     last_slow_consumer_warning: Mutex<Option<Instant>>,
+    /// Server id of the server the client lost at the latest disconnect.
+    lost_server_id: Mutex<Option<String>>,
 }
 
 impl Events {
@@ -488,21 +607,17 @@ impl Events {
         self.inner.slow_consumer_events.load(Ordering::Relaxed)
     }
 
-    fn record(&self, event: Event) {
+    async fn record(&self, event: Event) {
         match event {
-            Event::Connected => {
-                // The first `Connected` is the initial connect, which `connect` logs itself.
-                let earlier = self.inner.connects.fetch_add(1, Ordering::Relaxed);
-                match self.inner.client.get() {
-                    Some(client) if earlier > 0 => {
-                        tracing::info!(server = %connected_server(client), "reconnected");
-                    }
-                    _ => {}
+            Event::Connected => self.record_connected().await,
+            Event::Disconnected => {
+                if let Some(client) = self.inner.client.get() {
+                    *lock(&self.inner.lost_server_id) = Some(client.server_info().server_id);
                 }
+                tracing::warn!(
+                    "disconnected from the server; reconnecting. Subscriptions are restored once connected; messages the server handles meanwhile are not delivered to this client"
+                );
             }
-            Event::Disconnected => tracing::warn!(
-                "disconnected from the server; reconnecting. Subscriptions are restored once connected; messages the server handles meanwhile are not delivered to this client"
-            ),
             Event::LameDuckMode => tracing::warn!(
                 "the server entered lame duck mode and will shut down soon; the client will reconnect to another server"
             ),
@@ -511,6 +626,33 @@ impl Events {
             Event::ClientError(error) => tracing::warn!(%error, "client error"),
             Event::Draining | Event::Closed => tracing::debug!(%event, "connection event"),
         }
+    }
+
+    /// Logs a reconnect and the server the client is connected to now.
+    ///
+    /// async-nats 0.52 sends `Connected` just before it stores the new server's INFO, so
+    /// `server_info()` can still describe the lost server at this point. This waits until
+    /// the server id differs from the lost one, for at most [`RECONNECT_INFO_WAIT`]; a
+    /// reconnect to the same, still running server keeps its id and is logged after that
+    /// wait. A restarted nats-server has a new id unless its configuration fixes one.
+    async fn record_connected(&self) {
+        // The first `Connected` is the initial connect, which `connect` logs itself.
+        let earlier = self.inner.connects.fetch_add(1, Ordering::Relaxed);
+        let Some(client) = self.inner.client.get() else {
+            return;
+        };
+        if earlier == 0 {
+            return;
+        }
+
+        let lost_server_id = lock(&self.inner.lost_server_id).take();
+        if let Some(lost_server_id) = lost_server_id {
+            let deadline = Instant::now() + RECONNECT_INFO_WAIT;
+            while client.server_info().server_id == lost_server_id && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        tracing::info!(server = %connected_server(client), "reconnected");
     }
 
     fn record_slow_consumer(&self, sid: u64) {
@@ -535,6 +677,13 @@ impl Events {
             );
         }
     }
+}
+
+/// Locks `mutex`, also after a panic elsewhere: the values behind these locks stay valid.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
@@ -588,6 +737,50 @@ mod tests {
         assert_eq!(
             cli.connect.secrets(),
             vec!["s3cret".to_owned(), "t0k".to_owned()]
+        );
+    }
+
+    #[test]
+    fn url_credentials_are_percent_decoded() {
+        let addr = |url: &str| ServerAddr::from_str(url).expect("valid URL");
+        assert_eq!(
+            url_auth(&addr("nats://alice:p%40ss%22w@h:1")),
+            Some(UrlAuth::UserPassword {
+                user: "alice".to_owned(),
+                password: Secret("p@ss\"w".to_owned()),
+            })
+        );
+        assert_eq!(
+            url_auth(&addr("nats://t%2Fk@h:1")),
+            Some(UrlAuth::Token(Secret("t/k".to_owned())))
+        );
+        assert_eq!(url_auth(&addr("nats://h:1")), None);
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%+1"), "%+1");
+    }
+
+    #[test]
+    fn url_credentials_take_precedence_and_are_secret() {
+        let cli = Cli::parse_from([
+            "x",
+            "-s",
+            "nats://bob:p%40ss@h:1",
+            "--user",
+            "alice",
+            "--password",
+            "flag-pw",
+        ]);
+        assert_eq!(
+            cli.connect.url_auth(),
+            Some(UrlAuth::UserPassword {
+                user: "bob".to_owned(),
+                password: Secret("p@ss".to_owned()),
+            })
+        );
+        assert_eq!(
+            cli.connect.secrets(),
+            ["flag-pw", "p%40ss", "p@ss"].map(str::to_owned)
         );
     }
 

@@ -1,7 +1,10 @@
 //! Diagnostics on stderr through `tracing`, kept apart from the lesson's lines on stdout.
 //!
 //! `RUST_LOG` sets the filter as usual. When it is unset, this workspace's crates log at
-//! `info` and everything else, async-nats included, at `warn`.
+//! `info` and everything else, async-nats included, at `warn`, except async-nats's
+//! connection attempts. Their failures reach the program as the error that `connect`
+//! returns, or as client events that [`crate::connection`] logs, so at the default level
+//! a rejected connection is one line rather than two.
 //!
 //! Every line passes through a filter that replaces the password, token and any other
 //! secret it was given with `***`, whatever the level and whichever crate wrote it, so
@@ -18,8 +21,11 @@ use tracing_subscriber::fmt::MakeWriter;
 ///
 /// `secrets` are the values to hide from every line; empty strings are ignored.
 pub fn init(crate_name: &str, secrets: Vec<String>) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,common=info,{crate_name}=info")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "warn,async_nats::connector=off,common=info,{crate_name}=info"
+        ))
+    });
 
     tracing_subscriber::fmt()
         .with_env_filter(filter)

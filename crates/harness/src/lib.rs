@@ -8,9 +8,11 @@
 //! Every wait here is bounded, and a failure panics with what the process printed, because
 //! these functions are only called from tests.
 
+mod cluster;
 mod process;
 mod server;
 
+pub use cluster::{CLUSTER_SIZE, NatsCluster, node_name};
 pub use process::{Process, binary};
 pub use server::{NatsServer, ServerBuilder, nats_server_bin};
 

@@ -45,6 +45,25 @@ fn build_binary(name: &str) -> Result<PathBuf, String> {
     command
         .current_dir(&workspace)
         .args(["build", "--quiet", "--bin", name]);
+    // Cargo sets these for the running test. Passed on, they would differ from an ordinary
+    // build's environment, and build scripts that watch them (ring's does) would rerun,
+    // rebuilding half the dependency tree on every test run.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        let set_for_the_test = key_text.starts_with("CARGO_PKG_")
+            || matches!(
+                key_text.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            );
+        if set_for_the_test {
+            command.env_remove(&key);
+        }
+    }
     if release {
         command.arg("--release");
     }

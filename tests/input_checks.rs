@@ -38,6 +38,15 @@ const MEMBERS: &[Member] = &[
         completed: "✓ ",
         rejected_summary: "Rejected (not a task): ",
     },
+    Member {
+        binary: "resilient_worker",
+        args: &["1", "--work-time", "10ms", "--failure-rate", "0"],
+        subject: "tasks.risky",
+        ready: "Waiting for tasks",
+        rejected: "not a task",
+        completed: "✓ Completed ",
+        rejected_summary: "Rejected payloads: ",
+    },
 ];
 
 /// Payloads that are not tasks, each with a word its error line must contain.
@@ -67,9 +76,11 @@ fn bad_payloads(max_payload: usize) -> Vec<(&'static str, Vec<u8>, &'static str)
             "more than the limit",
         ),
         ("deeply nested", nested.into_bytes(), "not a task"),
+        // 1 KiB below the limit leaves room for the dead-letter headers that
+        // resilient_worker adds when it passes the payload on.
         (
             "near max_payload",
-            vec![b'x'; max_payload - 64],
+            vec![b'x'; max_payload - 1024],
             "not a task",
         ),
     ]

@@ -31,7 +31,9 @@ impl std::error::Error for PayloadTooLarge {}
 
 /// Checks that `size` payload bytes fit the connected server's `max_payload`.
 pub fn ensure_fits(client: &Client, subject: &str, size: usize) -> Result<(), PayloadTooLarge> {
-    let max_payload = client.server_info().max_payload;
+    // An atomic read, unlike `server_info()`, which clones the whole INFO: this runs once
+    // per published message.
+    let max_payload = client.max_payload();
     // A server that announced no limit reports 0; async-nats then checks nothing either.
     if max_payload > 0 && size > max_payload {
         return Err(PayloadTooLarge {

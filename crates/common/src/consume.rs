@@ -78,6 +78,14 @@ pub enum StopReason {
 }
 
 impl Ending {
+    /// Delivered messages given up: 0 after a full drain.
+    pub fn abandoned(&self) -> u64 {
+        match self {
+            Ending::Drained => 0,
+            Ending::Stopped { abandoned, .. } => *abandoned as u64,
+        }
+    }
+
     /// One line for the learner about messages given up, or `None` after a full drain.
     pub fn abandoned_message(&self) -> Option<String> {
         match self {

@@ -45,7 +45,7 @@ use chrono::{DateTime, Utc};
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 use common::connection::ClientSettings;
-use common::consume::{Ending, MemberArgs, consume, dropped_messages};
+use common::consume::{MemberArgs, consume, dropped_messages};
 use common::dead_letter::{self, DeadLetter};
 use common::report::{Completion, Outcome, ReportArgs, Reporter};
 use common::task::preview;
@@ -280,10 +280,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let abandoned = match ending {
-        Ending::Drained => 0,
-        Ending::Stopped { abandoned, .. } => abandoned,
-    };
+    let abandoned = ending.abandoned();
     let summary = Summary {
         worker: &worker.id,
         seed,
@@ -291,7 +288,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         dead_letter_subject: &worker.dead_letter_subject,
         stats: worker.stats.get(),
         abandoned,
-        dropped: dropped_messages(&client, worker.stats.get().handled() + abandoned as u64),
+        dropped: dropped_messages(&client, worker.stats.get().handled() + abandoned),
         capacity: args.member.capacity,
     };
     if args.json {

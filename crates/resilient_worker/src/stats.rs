@@ -42,7 +42,7 @@ pub(crate) struct Summary<'a> {
     pub(crate) dead_letter_subject: &'a str,
     pub(crate) stats: Stats,
     /// Delivered messages given up on a second stop request, 0 after a full drain.
-    pub(crate) abandoned: usize,
+    pub(crate) abandoned: u64,
     /// Messages the client dropped as a slow consumer; they never reached the worker.
     pub(crate) dropped: u64,
     /// The subscription's buffer, in messages, named when messages were dropped.

@@ -27,7 +27,7 @@ use async_nats::Message;
 use chrono::Utc;
 use clap::Parser;
 use common::connection::ClientSettings;
-use common::consume::{Ending, MemberArgs, consume, dropped_messages};
+use common::consume::{MemberArgs, consume, dropped_messages};
 use common::report::{Completion, Outcome, ReportArgs, Reporter};
 use common::task::preview;
 use common::{ConnectArgs, Shutdown, Task, names, parse_duration};
@@ -135,10 +135,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let abandoned = match ending {
-        Ending::Stopped { abandoned, .. } => abandoned as u64,
-        Ending::Drained => 0,
-    };
+    let abandoned = ending.abandoned();
     let handed_out = worker.stats.processed.get() + worker.stats.rejected.get() + abandoned;
     worker.print_stats(dropped_messages(&client, handed_out), args.member.capacity);
 

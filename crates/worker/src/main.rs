@@ -23,7 +23,7 @@ use async_nats::Message;
 use chrono::Utc;
 use clap::Parser;
 use common::connection::ClientSettings;
-use common::consume::{Ending, MemberArgs, consume, dropped_messages};
+use common::consume::{MemberArgs, consume, dropped_messages};
 use common::report::{Completion, Outcome, ReportArgs, Reporter};
 use common::task::preview;
 use common::{ConnectArgs, Shutdown, Task, names, parse_duration};
@@ -128,10 +128,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
     )
     .await?;
 
-    let abandoned = match ending {
-        Ending::Stopped { abandoned, .. } => abandoned as u64,
-        Ending::Drained => 0,
-    };
+    let abandoned = ending.abandoned();
     let handed_out = worker.processed.get() + worker.rejected.get() + abandoned;
     worker.print_summary(dropped_messages(&client, handed_out), args.member.capacity);
     if let Some(line) = ending.abandoned_message() {

@@ -24,7 +24,7 @@ use crate::logging::scrub;
 /// Server used when neither `--server` nor `NATS_URL` is given.
 pub const DEFAULT_SERVER: &str = "nats://localhost:4222";
 
-/// What to run when no server is listening, named in the connection error.
+/// Advice for when no server is listening, part of the connection error.
 const START_SERVER_HINT: &str = "start one with `scripts/nats-server.sh` or `docker compose up -d`, or point --server / NATS_URL at a running server";
 
 /// Advice for a failed TLS handshake, part of the connection error.
@@ -47,7 +47,7 @@ const RECONNECT_INFO_WAIT: Duration = Duration::from_millis(250);
 pub struct Secret(String);
 
 impl Secret {
-    /// The value itself, for handing to the NATS client and nothing else.
+    /// Returns the value itself, for handing to the NATS client and nothing else.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -171,12 +171,12 @@ impl ClientSettings {
 }
 
 impl ConnectArgs {
-    /// The connection name: `--name`, or else `default_name`.
+    /// Returns the connection name: `--name`, or else `default_name`.
     pub fn name_or(&self, default_name: &str) -> String {
         self.name.clone().unwrap_or_else(|| default_name.to_owned())
     }
 
-    /// The servers as they may be shown: credentials in URLs replaced by `***`.
+    /// Returns the servers as they may be shown: credentials in URLs replaced by `***`.
     pub fn servers_display(&self) -> String {
         self.servers
             .iter()
@@ -185,7 +185,7 @@ impl ConnectArgs {
             .join(", ")
     }
 
-    /// Every secret these options carry, for the logging filter to hide.
+    /// Returns every secret these options carry, for the logging filter to hide.
     pub fn secrets(&self) -> Vec<String> {
         let mut secrets = Vec::new();
         for url in &self.servers {
@@ -302,7 +302,7 @@ impl ConnectArgs {
         Ok((client, events))
     }
 
-    /// One connection attempt over the whole server list, bounded in time.
+    /// Makes one connection attempt over the whole server list, bounded in time.
     async fn try_connect(
         &self,
         options: ConnectOptions,

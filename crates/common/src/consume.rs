@@ -31,7 +31,7 @@ pub struct MemberArgs {
     #[arg(long, default_value_t = DEFAULT_CAPACITY, value_parser = parse_capacity, value_name = "MESSAGES")]
     pub capacity: usize,
 
-    /// Longest time the drain after the first Ctrl-C may take before the member stops
+    /// Maximum time the drain after the first Ctrl-C may take before the member stops
     /// anyway, counting what it abandons (seconds, or 500ms, 2s, 1m).
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
@@ -56,7 +56,7 @@ impl MemberArgs {
     }
 }
 
-/// How [`consume`] ended.
+/// The way [`consume`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     /// The subscription was drained and every delivered message was handled.
@@ -68,7 +68,7 @@ pub enum Ending {
     },
 }
 
-/// Why [`consume`] stopped without finishing its drain.
+/// The reason [`consume`] stopped without finishing its drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     /// A second stop request came.
@@ -86,7 +86,7 @@ impl Ending {
         }
     }
 
-    /// One line for the learner about messages given up, or `None` after a full drain.
+    /// Returns one line for the learner about messages given up, or `None` after a full drain.
     pub fn abandoned_message(&self) -> Option<String> {
         match self {
             Ending::Drained => None,
@@ -108,7 +108,7 @@ impl Ending {
 pub struct ConsumeOptions {
     /// Messages handled at the same time; 1 handles them one after another.
     pub concurrency: usize,
-    /// Longest time from the first stop request to the end of the drain.
+    /// Maximum time from the first stop request to the end of the drain.
     pub drain_timeout: Option<Duration>,
 }
 
@@ -165,7 +165,7 @@ where
         }
 
         tokio::select! {
-            // Stop requests are checked first, so a member under constant load sees them.
+            // Stop requests are checked first, so a member under constant load still stops.
             biased;
 
             () = shutdown.stop_requested() => {
@@ -204,7 +204,8 @@ fn stopped(subscriber: &mut Subscriber, in_progress: usize, reason: StopReason) 
     }
 }
 
-/// Counts and discards the messages the client holds for a subscription but nobody read.
+/// Counts and discards the messages the client has buffered for a subscription but not
+/// yet handed out.
 fn count_buffered(subscriber: &mut Subscriber) -> usize {
     let mut count = 0;
     while let Some(Some(_)) = subscriber.next().now_or_never() {

@@ -214,17 +214,17 @@ impl Process {
         }
     }
 
-    /// The process id, for sending signals.
+    /// Returns the process id, for sending signals.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// Every stdout line so far.
+    /// Returns every stdout line so far.
     pub fn stdout(&self) -> Vec<String> {
         self.stdout.snapshot()
     }
 
-    /// Every stderr line so far.
+    /// Returns every stderr line so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.snapshot()
     }

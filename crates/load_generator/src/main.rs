@@ -67,7 +67,7 @@ struct Args {
     #[arg(long, value_parser = names::subscribe_subject, value_name = "SUBJECT")]
     results_subject: Option<String>,
 
-    /// Longest time `--wait` waits for the reports (seconds, or 500ms, 2s, 1m).
+    /// Maximum time `--wait` waits for the reports (seconds, or 500ms, 2s, 1m).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     wait_timeout: Duration,
 
@@ -116,7 +116,7 @@ struct Figures {
     completion: Option<CompletionFigures>,
 }
 
-/// What `--wait` measured.
+/// Figures measured by `--wait`.
 #[derive(Debug, Serialize)]
 struct CompletionFigures {
     results_subject: String,
@@ -272,7 +272,8 @@ async fn publish_batch(client: &Client, args: &Args, say: &dyn Fn(String)) -> an
     }
 }
 
-/// A progress bar on stderr, drawn only when stderr is a terminal and the batch is long.
+/// Creates a progress bar on stderr, drawn only when stderr is a terminal and the batch is
+/// long.
 fn progress_bar(length: u64, json: bool) -> ProgressBar {
     const SHOWN_FROM: u64 = 10_000;
     if json || length < SHOWN_FROM {
@@ -285,7 +286,7 @@ fn progress_bar(length: u64, json: bool) -> ProgressBar {
     bar
 }
 
-/// What the completion reports said so far.
+/// Counts taken from the completion reports received so far.
 #[derive(Debug, Default)]
 struct Tally {
     seen: HashSet<String>,

@@ -4,13 +4,17 @@
 //! subscribers, and time from the first publish to the end of the flush that follows
 //! the last one. `load_generator` and the Python script build a fresh task (id, timestamp,
 //! JSON) per message as a real publisher would. The bare loop publishes one pre-encoded
-//! payload again and again, so it is the ceiling the client and server allow.
+//! payload again and again, so it is the ceiling the client and server allow. A second
+//! bare loop builds and encodes a task per message the way `load_generator` does, and
+//! nothing else, so the ratio against it is the cost of `load_generator`'s own checks,
+//! timeouts and progress output.
 
 use std::time::Instant;
 
 use anyhow::Context;
 use async_nats::Subject;
 use bytes::Bytes;
+use common::Task;
 
 use crate::child::Child;
 use crate::stats::{Measured, Row, Sample, Unit};
@@ -32,10 +36,12 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
         let payload = task_payload(&format!("{PREFIX}-{count}"), payload_size);
 
         let (mut ours, mut bare, mut python) = (Sample::default(), Sample::default(), None);
+        let mut encoding = Sample::default();
         for run in 1..=bench.config.runs {
             tracing::info!(payload_size, run, "publish rate");
             ours.push(load_generator(bench, &url, count, payload_size).await?);
             bare.push(bare_loop(&url, count, payload.clone()).await?);
+            encoding.push(encoding_loop(&url, count, payload_size).await?);
             if let Some(interpreter) = &bench.python {
                 let rate = interpreter
                     .publish(&url, SUBJECT, count, payload_size)
@@ -52,6 +58,13 @@ pub(crate) async fn run(bench: &Bench) -> anyhow::Result<Vec<Row>> {
             unit: Unit::MessagesPerSecond,
             ours: ours.clone(),
             reference: Some(Measured::new("bare async-nats loop", bare)),
+            note: note.clone(),
+        });
+        rows.push(Row {
+            case: case.clone(),
+            unit: Unit::MessagesPerSecond,
+            ours: ours.clone(),
+            reference: Some(Measured::new("bare loop encoding each task", encoding)),
             note: note.clone(),
         });
         if let Some(python) = python {
@@ -130,6 +143,30 @@ async fn bare_loop(url: &str, count: u32, payload: Bytes) -> anyhow::Result<f64>
     for _ in 0..count {
         client
             .publish(subject.clone(), payload.clone())
+            .await
+            .context("bare publish failed")?;
+    }
+    client.flush().await.context("bare flush failed")?;
+    let rate = f64::from(count) / started.elapsed().as_secs_f64();
+    client
+        .drain()
+        .await
+        .context("cannot close the bare client")?;
+    Ok(rate)
+}
+
+/// Builds, encodes and publishes `count` tasks with a plain loop, as `load_generator` does
+/// without its checks, and returns messages per second.
+async fn encoding_loop(url: &str, count: u32, payload_size: usize) -> anyhow::Result<f64> {
+    let client = connect(url, None).await?;
+    let subject = Subject::from_static(SUBJECT);
+    let width = count.to_string().len().max(3);
+    let filler = (payload_size > 0).then(|| "x".repeat(payload_size));
+    let started = Instant::now();
+    for number in 1..=count {
+        let task = Task::new(format!("{PREFIX}-{number:0width$}"), filler.clone());
+        client
+            .publish(subject.clone(), task.to_bytes().into())
             .await
             .context("bare publish failed")?;
     }

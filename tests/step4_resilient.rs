@@ -626,3 +626,47 @@ fn invalid_options_are_rejected_before_connecting() {
         assert!(!stderr.contains("cannot connect"), "{extra:?}: {stderr}");
     }
 }
+
+/// A task that always fails is replayed `--max-replays` times and then skipped, so it
+/// cannot go round between the worker and the replay tool forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn replays_stop_at_the_limit() {
+    let server = NatsServer::start();
+    let client = connect(&server).await;
+    let mut dead_letters = subscribe(&client, DEAD_LETTER_SUBJECT).await;
+    let mut worker = start_worker(&server, "1", &["--failure-rate", "1.0"]);
+    let url = server.client_url();
+    let mut replay = Process::start(
+        "replay_dead_letters",
+        ["--max-replays", "2", "--count", "3", "-s", &url],
+    );
+    replay.wait_for_stdout("Waiting for dead letters", WAIT);
+
+    publish_tasks(&client, &task_ids(1)).await;
+    let received = receive(&mut dead_letters, 3, || {
+        format!("{}\n{}", worker.transcript(), replay.transcript())
+    })
+    .await;
+    let status = replay.wait_exit(WAIT);
+    assert!(status.success(), "{}", replay.transcript());
+    drain(&mut worker);
+    assert!(
+        leftovers(&client, &mut dead_letters).await.is_empty(),
+        "nothing was replayed after the limit"
+    );
+
+    let replays: Vec<Option<String>> = received
+        .iter()
+        .map(|message| header(message, "Dead-Letter-Replays"))
+        .collect();
+    assert_eq!(replays, [None, Some("1".into()), Some("2".into())]);
+    assert_eq!(
+        count_lines(&replay, "Replayed RISKY-001"),
+        2,
+        "{}",
+        replay.transcript()
+    );
+    let skipped = replay.wait_for_stdout("Skipped RISKY-001", WAIT);
+    assert!(skipped.contains("already replayed 2 time(s)"), "{skipped}");
+    assert_eq!(stat(&worker, "Dead-lettered:"), 3);
+}

@@ -32,6 +32,19 @@ pub const WORKER_HEADER: &str = "Dead-Letter-Worker";
 /// Header with the subject the message was originally published on.
 pub const SUBJECT_HEADER: &str = "Dead-Letter-Subject";
 
+/// Header with the number of times a replay tool has sent the message back, in decimal.
+/// It stays on the message through later failures, unlike the four above, so that a task
+/// that always fails is not replayed forever.
+pub const REPLAYS_HEADER: &str = "Dead-Letter-Replays";
+
+/// Returns how many times a message has been replayed: its [`REPLAYS_HEADER`], or 0.
+pub fn replays(headers: Option<&HeaderMap>) -> u32 {
+    headers
+        .and_then(|headers| headers.get(REPLAYS_HEADER))
+        .and_then(|value| value.as_str().trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Every header this module adds, for stripping them again before a replay.
 const HEADERS: [&str; 4] = [
     REASON_HEADER,

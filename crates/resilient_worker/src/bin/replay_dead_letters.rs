@@ -41,6 +41,8 @@ const DEFAULT_SUBJECT: &str = "tasks.risky.dead";
 /// Queue group of the replay tools, so that each dead letter is replayed once even when
 /// several tools run.
 const DEFAULT_QUEUE: &str = "dead-letter-replayers";
+/// Replays of one message before the tool gives up on it.
+const DEFAULT_MAX_REPLAYS: u32 = 3;
 /// How long the server has to confirm a replayed message.
 const DEFAULT_FLUSH_TIMEOUT: &str = "5s";
 
@@ -65,6 +67,11 @@ struct Args {
     /// Stop after this many messages, replayed or skipped [default: run until Ctrl-C].
     #[arg(long, value_parser = parse_count, allow_negative_numbers = true, value_name = "N")]
     count: Option<u64>,
+
+    /// Times one message may be replayed. A task that still fails after that is skipped,
+    /// so that one that always fails does not go round forever; fix the cause first.
+    #[arg(long, default_value_t = DEFAULT_MAX_REPLAYS, value_name = "N")]
+    max_replays: u32,
 
     /// How long the server has to confirm each replayed message (seconds, or 500ms, 2s,
     /// 1m).
@@ -129,6 +136,7 @@ async fn run(args: Args, shutdown: Shutdown) -> anyhow::Result<ExitCode> {
         client: client.clone(),
         subject: args.subject,
         flush_timeout: args.flush_timeout,
+        max_replays: args.max_replays,
         replayed: Cell::new(0),
         skipped: Cell::new(0),
         lost: Cell::new(0),
@@ -175,8 +183,10 @@ struct Replayer {
     /// Subject (or wildcard) this tool receives dead letters on.
     subject: String,
     flush_timeout: Duration,
+    max_replays: u32,
     replayed: Cell<u64>,
-    /// Messages without valid dead-letter headers, or whose replay would loop.
+    /// Messages without valid dead-letter headers, whose replay would loop, or that were
+    /// replayed `max_replays` times already.
     skipped: Cell<u64>,
     /// Dead letters whose replay the server did not confirm.
     lost: Cell<u64>,
@@ -204,7 +214,17 @@ impl Replayer {
             return;
         }
 
-        if let Err(error) = self.republish(message, &dead_letter).await {
+        let replays = dead_letter::replays(message.headers.as_ref());
+        if replays >= self.max_replays {
+            let reason = format!(
+                "it was already replayed {replays} time(s) and failed again (--max-replays {}); core NATS does not keep it, so fix the cause and publish it again",
+                self.max_replays
+            );
+            self.skip(message, &label, &reason);
+            return;
+        }
+
+        if let Err(error) = self.republish(message, &dead_letter, replays + 1).await {
             self.lost.set(self.lost.get() + 1);
             tracing::error!(
                 subject = %dead_letter.subject,
@@ -230,12 +250,18 @@ impl Replayer {
 
     /// Publishes the payload unchanged to the original subject and waits until the server
     /// has it.
-    async fn republish(&self, message: &Message, dead_letter: &DeadLetter) -> anyhow::Result<()> {
-        let headers = message
+    async fn republish(
+        &self,
+        message: &Message,
+        dead_letter: &DeadLetter,
+        replays: u32,
+    ) -> anyhow::Result<()> {
+        let mut headers = message
             .headers
             .as_ref()
             .map(dead_letter::without_dead_letter_headers)
             .unwrap_or_default();
+        headers.insert(dead_letter::REPLAYS_HEADER, replays.to_string());
         let subject = dead_letter.subject.clone();
         let payload = message.payload.clone();
         let published = if headers.is_empty() {

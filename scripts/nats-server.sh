@@ -568,8 +568,12 @@ cmd_cluster_status() {
         else
             state="not reachable"
         fi
-        if pid=$(running_pid "$(cluster_pid_file "$node")"); then
+        local pid_file_of_node
+        pid_file_of_node=$(cluster_pid_file "$node")
+        if pid=$(running_pid "$pid_file_of_node"); then
             started="pid $pid"
+        elif [[ -f $pid_file_of_node ]]; then
+            started="started by this script as pid $(tr -dc '0-9' <"$pid_file_of_node"), which has exited; cluster-start starts it again"
         fi
         echo "$node at $url: $state ($started)"
     done

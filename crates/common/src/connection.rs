@@ -268,12 +268,22 @@ impl ConnectArgs {
             match outcome.await {
                 Ok(client) => break client,
                 Err(failure) if self.wait_for_server && failure.server_absent => {
-                    tracing::warn!(
-                        attempt,
-                        retry_in = ?retry_delay,
-                        "waiting for the server: {}",
-                        failure.message
-                    );
+                    // The whole error, with its advice, once; later attempts only count.
+                    if attempt == 1 {
+                        tracing::warn!(
+                            attempt,
+                            retry_in = ?retry_delay,
+                            "waiting for the server: {}",
+                            failure.message
+                        );
+                    } else {
+                        tracing::warn!(
+                            attempt,
+                            retry_in = ?retry_delay,
+                            "still waiting for the server at {}",
+                            self.servers_display()
+                        );
+                    }
                     let pause = tokio::time::sleep(retry_delay);
                     match shutdown {
                         Some(shutdown) => tokio::select! {

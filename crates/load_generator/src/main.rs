@@ -446,11 +446,11 @@ fn print_completion(figures: &CompletionFigures, tally: &Tally, wait_timeout: Du
         figures.sequential_seconds
     );
     println!(
-        "Ideal for {} worker(s), {} task(s) at a time in all, with equal shares: {:.2}s",
+        "Ideal with equal shares over {} worker(s), {} task(s) at a time in all: {:.2}s",
         figures.workers, figures.slots, figures.ideal_makespan_seconds
     );
     println!(
-        "Speed-up: {:.2}x (tasks in progress on average; ideal {})",
-        figures.speedup, figures.slots
+        "Speed-up over one task at a time: {:.2}x (ideal {:.2}x)",
+        figures.speedup, figures.slots as f64
     );
 }

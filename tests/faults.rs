@@ -534,3 +534,23 @@ fn every_member_honours_drain_timeout() {
         );
     }
 }
+
+/// A client pointed at the monitoring port, which never sends the NATS INFO line, fails
+/// within its timeout with a hint that it has the wrong kind of port.
+#[test]
+fn monitoring_port_as_server_names_the_mistake() {
+    let server = NatsServer::start();
+    let monitor = server.monitor_url().replace("http://", "nats://");
+    let mut worker = Process::start("worker", ["1", "--connect-timeout", "1s", "-s", &monitor]);
+    let status = worker.wait_exit(WAIT);
+
+    assert_eq!(status.code(), Some(1), "{}", worker.transcript());
+    let stderr = worker.stderr();
+    assert_eq!(stderr.len(), 1, "one line\n{}", worker.transcript());
+    assert!(stderr[0].contains(&monitor), "{}", stderr[0]);
+    assert!(
+        stderr[0].contains("not a NATS client port"),
+        "{}",
+        stderr[0]
+    );
+}

@@ -27,6 +27,10 @@ pub const DEFAULT_SERVER: &str = "nats://localhost:4222";
 /// Advice for when no server is listening, part of the connection error.
 const START_SERVER_HINT: &str = "start one with `scripts/nats-server.sh` or `docker compose up -d`, or point --server / NATS_URL at a running server";
 
+/// Advice when a connection opened but no NATS server answered in time: often a port of
+/// another kind, such as HTTP monitoring, given as the client port.
+const TIMED_OUT_HINT: &str = "if something listens on that port, it is not a NATS client port (clients use 4222 by default; 8222 is HTTP monitoring); otherwise start a server with `scripts/nats-server.sh` or `docker compose up -d`";
+
 /// Advice for a failed TLS handshake, part of the connection error.
 const TLS_HINT: &str = "check --tlsca (the CA that signed the server's certificate), --tlscert and --tlskey, and that the server has TLS on";
 
@@ -332,7 +336,7 @@ impl ConnectArgs {
             }),
             Err(_) => Err(ConnectFailure {
                 message: format!(
-                    "cannot connect to {}: timed out after {:.1}s; {START_SERVER_HINT}",
+                    "cannot connect to {}: timed out after {:.1}s; {TIMED_OUT_HINT}",
                     self.servers_display(),
                     whole_list.as_secs_f64()
                 ),
@@ -445,9 +449,8 @@ impl ConnectArgs {
             ConnectErrorKind::Io if is_tls_failure(error) => TLS_HINT.to_owned(),
             ConnectErrorKind::ServerParse => "expected nats://host:port".to_owned(),
             ConnectErrorKind::Dns => "check the host name in --server".to_owned(),
-            ConnectErrorKind::TimedOut
-            | ConnectErrorKind::Io
-            | ConnectErrorKind::MaxReconnects => START_SERVER_HINT.to_owned(),
+            ConnectErrorKind::TimedOut => TIMED_OUT_HINT.to_owned(),
+            ConnectErrorKind::Io | ConnectErrorKind::MaxReconnects => START_SERVER_HINT.to_owned(),
         };
         format!("cannot connect to {servers}: {cause}; {hint}")
     }

@@ -1,6 +1,6 @@
 //! Connecting to NATS the same way in every binary.
 //!
-//! [`ConnectArgs`] holds the flags of the `nats` CLI that every step accepts (`--server`,
+//! [`ConnectArgs`] contains the flags of the `nats` CLI that every step accepts (`--server`,
 //! `--user`, `--token`, `--creds`, TLS files, ...) and each binary flattens it into its own
 //! clap struct. [`ConnectArgs::connect`] fails with one line that names the server (with
 //! any credentials masked), the cause, and what to do about it. Once connected, the client
@@ -27,7 +27,7 @@ pub const DEFAULT_SERVER: &str = "nats://localhost:4222";
 /// Advice for when no server is listening, part of the connection error.
 const START_SERVER_HINT: &str = "start one with `scripts/nats-server.sh` or `docker compose up -d`, or point --server / NATS_URL at a running server";
 
-/// Advice when a connection opened but no NATS server answered in time: often a port of
+/// Advice when a connection opened but no NATS server replied in time: often a port of
 /// another kind, such as HTTP monitoring, given as the client port.
 const TIMED_OUT_HINT: &str = "if something listens on that port, it is not a NATS client port (clients use 4222 by default; 8222 is HTTP monitoring); otherwise start a server with `scripts/nats-server.sh` or `docker compose up -d`";
 
@@ -144,7 +144,7 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "FILE")]
     pub tlsca: Option<PathBuf>,
 
-    /// Keep retrying, with backoff, while no server answers at start instead of failing.
+    /// Keep retrying, with backoff, while no server responds at start instead of failing.
     #[arg(long)]
     pub wait_for_server: bool,
 
@@ -456,17 +456,17 @@ impl ConnectArgs {
     }
 }
 
-/// Why one connection attempt failed.
+/// The reason one connection attempt failed.
 #[derive(Debug)]
 struct ConnectFailure {
     /// The one-line error for the user.
     message: String,
-    /// True when nothing answered, so that waiting for the server can help; false for
+    /// True when nothing responded, so that waiting for the server can help; false for
     /// rejected credentials, TLS trouble and other errors that retrying cannot fix.
     server_absent: bool,
 }
 
-/// The error and each of its sources on one line, without repeats.
+/// Formats the error and each of its sources on one line, without repeats.
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
@@ -501,7 +501,8 @@ fn is_tls_failure(error: &async_nats::ConnectError) -> bool {
     false
 }
 
-/// The server a client is connected to, as `host:port`, or its name when it has one.
+/// Returns the server a client is connected to, as `host:port` and its name when it has
+/// one.
 pub fn connected_server(client: &Client) -> String {
     let info = client.server_info();
     // An unnamed server reports its id as its name; that long key adds nothing here.
@@ -583,7 +584,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&decoded).into_owned()
 }
 
-/// The password or token inside a server URL, if it has one.
+/// Returns the password or token inside a server URL, if it has one.
 fn url_secret(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];

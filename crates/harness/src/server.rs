@@ -123,17 +123,17 @@ impl NatsServer {
         ServerBuilder::default()
     }
 
-    /// The URL clients connect to, such as `nats://127.0.0.1:40123`.
+    /// Returns the URL clients connect to, such as `nats://127.0.0.1:40123`.
     pub fn client_url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.client_port)
     }
 
-    /// The client port.
+    /// Returns the client port.
     pub fn client_port(&self) -> u16 {
         self.client_port
     }
 
-    /// The HTTP monitoring URL, such as `http://127.0.0.1:40124`.
+    /// Returns the HTTP monitoring URL, such as `http://127.0.0.1:40124`.
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitor_port)
     }
@@ -145,7 +145,7 @@ impl NatsServer {
     ///
     /// # Panics
     ///
-    /// When the request fails or the answer is not JSON.
+    /// When the request fails or the response is not JSON.
     pub fn monitor_json(&self, path: &str) -> serde_json::Value {
         let address = SocketAddr::from(([127, 0, 0, 1], self.monitor_port));
         let mut stream = TcpStream::connect_timeout(&address, WAIT)

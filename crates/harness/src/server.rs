@@ -271,9 +271,24 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
+        // A failing test drops its server while it unwinds; the end of the server's log
+        // (slow consumers, closed connections) is often what explains the failure.
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(SERVER_LOG_LINES_ON_FAILURE)..];
+            eprintln!(
+                "--- last {} lines of the nats-server log ---\n{}",
+                tail.len(),
+                tail.join("\n")
+            );
+        }
         self.stop();
     }
 }
+
+/// Lines of the server's log printed when a test fails.
+const SERVER_LOG_LINES_ON_FAILURE: usize = 40;
 
 /// Reads `{"nats": ["nats://127.0.0.1:P"], "monitoring": ["http://127.0.0.1:M"]}`.
 fn read_ports(path: &Path) -> Option<(u16, u16)> {

@@ -48,7 +48,7 @@ fn completed(worker: &Process) -> Vec<String> {
         .collect()
 }
 
-/// The N in `abandoned N delivered message(s)`.
+/// Returns the N in `abandoned N delivered message(s)`.
 fn abandoned(worker: &Process) -> usize {
     let line = worker.wait_for_stdout("abandoned", WAIT);
     line.split_once("abandoned ")
@@ -221,7 +221,7 @@ fn workers_survive_server_restart() {
     }
 }
 
-/// A publisher whose server goes away stops within its flush timeout and says how many
+/// A publisher whose server goes away stops within its flush timeout and reports how many
 /// tasks are unconfirmed; the worker completed only published tasks, each once.
 #[test]
 fn publisher_never_hangs_when_server_stops() {

@@ -16,7 +16,7 @@ fn start_worker(server: &NatsServer, id: &str, work_time: &str) -> Process {
     worker
 }
 
-/// The task ids in a worker's `Completed task` lines, in order.
+/// Returns the task ids in a worker's `Completed task` lines, in order.
 fn completed_tasks(worker: &Process) -> Vec<String> {
     worker
         .stdout()
@@ -28,7 +28,7 @@ fn completed_tasks(worker: &Process) -> Vec<String> {
         .collect()
 }
 
-/// The N of a worker's `Processed N messages` line.
+/// Returns the N of a worker's `Processed N messages` line.
 fn processed_count(worker: &Process) -> usize {
     let line = worker.wait_for_stdout("Processed ", WAIT);
     line.split_whitespace()

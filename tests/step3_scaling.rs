@@ -38,7 +38,7 @@ fn generate_and_wait(server: &NatsServer, count: &str) -> Value {
         .unwrap_or_else(|error| panic!("--json output: {error}\n{}", generator.transcript()))
 }
 
-/// The task ids in a worker's `✓ HEAVY-007 done` lines.
+/// Returns the task ids in a worker's `✓ HEAVY-007 done` lines.
 fn done_tasks(worker: &Process) -> Vec<String> {
     worker
         .stdout()
@@ -176,7 +176,7 @@ const SMALL_BUFFERS: &[SmallBuffer] = &[
     },
 ];
 
-/// The number after `Dropped` in a summary line such as `Dropped: 12 (…)`.
+/// Returns the number after `Dropped` in a summary line such as `Dropped: 12 (…)`.
 fn dropped_count(line: &str) -> usize {
     line.split_once("Dropped")
         .map(|(_, rest)| rest.trim_start_matches([':', ' ']))

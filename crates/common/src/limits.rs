@@ -1,4 +1,5 @@
-//! The server's size limit on one message, checked before publishing.
+//! The limits a publisher works within: the server's size limit on one message, checked
+//! before publishing, and a bound on how long a flush may wait for the server.
 //!
 //! Every server announces its `max_payload` (1 MiB by default) when a client connects. A
 //! larger message would make the server close the connection, so async-nats refuses it
@@ -6,7 +7,9 @@
 //! to change, while the connection stays up for the messages that do fit.
 
 use std::fmt;
+use std::time::Duration;
 
+use anyhow::{Context, anyhow};
 use async_nats::Client;
 
 /// A message too large for the connected server.
@@ -43,6 +46,22 @@ pub fn ensure_fits(client: &Client, subject: &str, size: usize) -> Result<(), Pa
         });
     }
     Ok(())
+}
+
+/// Flushes, giving up after `timeout`.
+///
+/// `publish` only queues a message in the client. The flush returns once the server has
+/// replied to a PING sent after it, so the server has every message published before. It
+/// does not mean that anything subscribes to them. While the client is reconnecting the
+/// flush would wait indefinitely, so a publisher bounds it.
+pub async fn flush_within(client: &Client, timeout: Duration) -> anyhow::Result<()> {
+    match tokio::time::timeout(timeout, client.flush()).await {
+        Ok(result) => result.context("flush failed"),
+        Err(_) => Err(anyhow!(
+            "the server did not confirm within {:.1}s",
+            timeout.as_secs_f64()
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! The server rejects a malformed subject only after the client has connected, and a queue
 //! group name with a space in it silently splits what was meant to be one group. Checking
-//! on the command line turns both into a usage error that says what is wrong.
+//! on the command line turns both into a usage error that names what is wrong.
 //!
 //! The rules are those of the NATS protocol: a subject is one or more tokens separated by
 //! `.`, no token is empty, and nothing contains whitespace. `*` as a whole token matches
@@ -10,14 +10,14 @@
 
 use std::fmt;
 
-/// What a subject is used for, because wildcards are valid only when subscribing.
+/// The use of a subject, needed because wildcards are valid only when subscribing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubjectUse {
     Publish,
     Subscribe,
 }
 
-/// Why a subject or queue group name is invalid.
+/// The reason a subject or queue group name is invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidName {
     reason: String,

@@ -14,7 +14,7 @@ use crate::names;
 /// Suffix of the default results subject.
 pub const RESULTS_SUFFIX: &str = ".done";
 
-/// What became of a task.
+/// The outcome of a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -100,7 +100,7 @@ pub struct ReportArgs {
 }
 
 impl ReportArgs {
-    /// The results subject for workers on `work_subject`, or `None` when reports are off.
+    /// Returns the results subject for workers on `work_subject`, or `None` when reports are off.
     pub fn subject(&self, work_subject: &str) -> Option<String> {
         if self.no_results {
             return None;
@@ -132,7 +132,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter that publishes to `subject`, or a silent one for `None`.
+    /// Creates a reporter that publishes to `subject`, or a silent one for `None`.
     pub fn new(client: async_nats::Client, subject: Option<String>) -> Self {
         Self { client, subject }
     }

@@ -2,7 +2,7 @@
 //!
 //! On the wire a task is JSON: `{"task_id": "TASK-001", "timestamp": "<RFC 3339, UTC>",
 //! "data": "…"}`. Unknown fields are ignored, so a newer publisher can add some. Decoding
-//! returns a [`DecodeError`] that says what is wrong, because a worker reports a bad
+//! returns a [`DecodeError`] that names what is wrong, because a worker reports a bad
 //! payload and keeps running rather than stopping on it.
 
 use std::fmt;
@@ -71,7 +71,7 @@ impl Task {
         Ok(task)
     }
 
-    /// The timestamp as printed in the lesson's lines: RFC 3339, UTC, microseconds.
+    /// Formats the timestamp as printed in the lesson's lines: RFC 3339, UTC, microseconds.
     pub fn timestamp_text(&self) -> String {
         self.timestamp.to_rfc3339_opts(SecondsFormat::Micros, true)
     }
@@ -103,7 +103,7 @@ fn deserialize_timestamp<'de, D: Deserializer<'de>>(
         })
 }
 
-/// Why a payload is not a task.
+/// The reason a payload is not a task.
 #[derive(Debug)]
 pub enum DecodeError {
     Empty,

@@ -74,17 +74,17 @@ impl NatsCluster {
         &self.nodes[index]
     }
 
-    /// The client URL of node `index`, such as `nats://127.0.0.1:40123`.
+    /// Returns the client URL of node `index`, such as `nats://127.0.0.1:40123`.
     pub fn client_url(&self, index: usize) -> String {
         self.nodes[index].client_url()
     }
 
-    /// The HTTP monitoring URL of node `index`.
+    /// Returns the HTTP monitoring URL of node `index`.
     pub fn monitor_url(&self, index: usize) -> String {
         self.nodes[index].monitor_url()
     }
 
-    /// Every node's client URL, joined with commas as `--server` takes them, starting with
+    /// Returns every node's client URL, joined with commas as `--server` takes them, starting with
     /// node `first`.
     ///
     /// async-nats shuffles the list before it connects, so a client given this list may
@@ -96,7 +96,7 @@ impl NatsCluster {
             .join(",")
     }
 
-    /// Every node's monitoring URL, joined with commas as `queue_monitor --monitor-url`
+    /// Returns every node's monitoring URL, joined with commas as `queue_monitor --monitor-url`
     /// takes them.
     pub fn monitor_urls(&self) -> String {
         (0..CLUSTER_SIZE)
@@ -155,7 +155,7 @@ impl NatsCluster {
         );
     }
 
-    /// How many of node `index`'s routes carry a subscription to `subject` in queue group
+    /// Counts how many of node `index`'s routes carry a subscription to `subject` in queue group
     /// `queue`, which means a member of the group is connected to the node at the other end.
     ///
     /// A node learns of a remote member only through its route, a moment after the member
@@ -190,7 +190,7 @@ impl NatsCluster {
             .to_owned()
     }
 
-    /// The server ids at the far end of node `index`'s routes.
+    /// Returns the server ids at the far end of node `index`'s routes.
     fn route_peer_ids(&self, index: usize) -> Vec<String> {
         let routez = self.nodes[index].monitor_json("/routez");
         routez["routes"]

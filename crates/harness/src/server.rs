@@ -166,12 +166,12 @@ impl NatsServer {
             .unwrap_or_else(|error| panic!("{path} did not return JSON ({error}):\n{response}"))
     }
 
-    /// The folder of this server's files (config, log, ports file); removed on drop.
+    /// Returns the folder of this server's files (config, log, ports file); removed on drop.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
-    /// The server's log so far, for failure messages.
+    /// Returns the server's log so far, for failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
     }
@@ -204,7 +204,7 @@ impl NatsServer {
         let _ = fs::remove_dir_all(&ports_dir);
         fs::create_dir_all(&ports_dir).expect("the ports folder can be created");
 
-        // `-1` asks the server for a free port; it writes the ports it took to a file in
+        // `-1` makes the server pick a free port; it writes the ports it took to a file in
         // `--ports_file_dir`, which is how this harness learns them without a race.
         let (client, monitor) = ports.unwrap_or_default();
         let as_arg = |port: Option<u16>| port.map_or("-1".to_owned(), |p| p.to_string());

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use async_nats::{Client, Subscriber};
 use clap::Parser;
 use common::connection::ClientSettings;
@@ -260,16 +260,14 @@ async fn publish_batch(client: &Client, args: &Args, say: &dyn Fn(String)) -> an
     }
     bar.finish_and_clear();
 
-    // `publish` only queues a message in the client; the flush returns once the server has
-    // answered a PING sent after the last one, so it has every task.
-    match tokio::time::timeout(args.flush_timeout, client.flush()).await {
-        Ok(result) => result.context("the server did not confirm the batch"),
-        Err(_) => Err(anyhow!(
-            "the server did not confirm the batch within {:.1}s; up to {} tasks may not have reached it",
-            args.flush_timeout.as_secs_f64(),
-            args.count
-        )),
-    }
+    common::limits::flush_within(client, args.flush_timeout)
+        .await
+        .with_context(|| {
+            format!(
+                "the batch is unconfirmed, so up to {} tasks may not have reached the server",
+                args.count
+            )
+        })
 }
 
 /// Creates a progress bar on stderr, drawn only when stderr is a terminal and the batch is

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
-use async_nats::{Client, HeaderMap, HeaderName, HeaderValue};
+use anyhow::Context;
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use clap::Parser;
 use common::connection::ClientSettings;
 use common::{ConnectArgs, names, parse_duration};
@@ -107,7 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // `publish` only queues the message in the client. The flush returns once the
         // server has replied to a PING sent after it, so the server has the message by the
         // time the line below is printed.
-        confirm(&client, args.flush_timeout)
+        common::limits::flush_within(&client, args.flush_timeout)
             .await
             .with_context(|| {
                 let unconfirmed = args.count - number + 1;
@@ -128,14 +128,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("cannot close the connection")?;
     Ok(())
-}
-
-/// Flushes, giving up after `timeout` so that a lost server cannot hang the publisher.
-async fn confirm(client: &Client, timeout: Duration) -> anyhow::Result<()> {
-    match tokio::time::timeout(timeout, client.flush()).await {
-        Ok(result) => result.context("flush failed"),
-        Err(_) => Err(anyhow!("timed out after {:.1}s", timeout.as_secs_f64())),
-    }
 }
 
 /// Builds the headers of message `number`.

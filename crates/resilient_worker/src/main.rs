@@ -39,7 +39,7 @@ use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use async_nats::{Client, Message};
 use chrono::{DateTime, Utc};
 use clap::error::ErrorKind;
@@ -530,15 +530,9 @@ impl Worker {
         // `publish` only queues the message in the client. The flush returns once the
         // server has replied with a PONG to a PING sent after it, so the server has the dead
         // letter. It does not mean that anything is subscribed to the dead-letter subject.
-        match tokio::time::timeout(self.flush_timeout, self.client.flush()).await {
-            Ok(result) => result.context("flush failed"),
-            // NOTE: the client keeps the dead letter queued, so if it reconnects later it
-            // may still send it, and a message counted as lost can appear there after all.
-            Err(_) => Err(anyhow!(
-                "the server did not confirm it within {:.1}s",
-                self.flush_timeout.as_secs_f64()
-            )),
-        }
+        // NOTE: the client keeps the dead letter queued, so if it reconnects later it
+        // may still send it, and a message counted as lost can appear there after all.
+        common::limits::flush_within(&self.client, self.flush_timeout).await
     }
 
     /// Counts a message whose dead letter the server did not confirm.

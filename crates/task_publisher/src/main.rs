@@ -120,6 +120,6 @@ async fn confirm(
     };
     match tokio::time::timeout(timeout, publish_and_flush).await {
         Ok(result) => result,
-        Err(_) => Err(anyhow!("no answer within {:.1}s", timeout.as_secs_f64())),
+        Err(_) => Err(anyhow!("no response within {:.1}s", timeout.as_secs_f64())),
     }
 }

@@ -27,7 +27,7 @@ use std::cell::Cell;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use async_nats::{Client, Message};
 use clap::Parser;
 use common::connection::ClientSettings;
@@ -275,13 +275,7 @@ impl Replayer {
 
         // `publish` only queues the message in the client. The flush returns once the
         // server has replied with a PONG to a PING sent after it, so the server has it.
-        match tokio::time::timeout(self.flush_timeout, self.client.flush()).await {
-            Ok(result) => result.context("flush failed"),
-            Err(_) => Err(anyhow!(
-                "the server did not confirm it within {:.1}s",
-                self.flush_timeout.as_secs_f64()
-            )),
-        }
+        common::limits::flush_within(&self.client, self.flush_timeout).await
     }
 
     fn skip(&self, message: &Message, label: &str, reason: &str) {
